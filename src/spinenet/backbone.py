@@ -1,0 +1,104 @@
+"""The SpineNet backbone as a PyTorch module, wired from a resolved :class:`~spinenet.graph.Graph`."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+from .graph import Graph, Node
+from .layers import BlockGroup, ConvNormAct, MaxPool2dSame, Resample, SeparableResample, get_activation, make_norm
+
+
+class BlockNode(nn.Module):
+    """One scale-permuted entry: resample each parent, sum (+ absorbed raw extras), activate, run the blocks."""
+
+    def __init__(self, node: Node, graph: Graph, norm, act: str, same_padding: bool, mbconv: dict) -> None:
+        super().__init__()
+        if graph.family == "mobile":
+            self.resample = nn.ModuleList(
+                SeparableResample(e.source_channels, e.target_channels, e.level_delta(node.level), graph.flavor,
+                                  norm, act) for e in node.parents)
+        else:
+            self.resample = nn.ModuleList(
+                Resample(e.source_channels, e.mid_channels, e.target_channels, e.level_delta(node.level),
+                         graph.flavor, norm, act) for e in node.parents)
+        self.act = get_activation(act) if node.parents else nn.Identity()
+        self.block = BlockGroup(node.block_fn, node.in_channels, node.filters, node.stride, node.repeats, norm, act,
+                                node.drop_rate, same_padding, **mbconv)
+
+
+class SpineNet(nn.Module):
+    """A scale-permuted backbone (Du et al., CVPR 2020, section 3) returning ``{"3": P3, ..., "7": P7}``.
+
+    Build it through :func:`spinenet.create_model`. Attributes follow the detector-backbone contract:
+    ``out_channels`` (channels of every endpoint), ``feature_info`` (per level: name, channels, stride) and
+    ``size_divisibility`` (``2 ** max_level``, what detectors pad their inputs to).
+    """
+
+    def __init__(self, graph: Graph, activation: str = "relu", bn_eps: float = 1e-4, bn_momentum: float = 0.003,
+                 config: dict[str, Any] | None = None) -> None:
+        super().__init__()
+        self.graph = graph
+        self.config = dict(config or {})
+        norm = make_norm(bn_eps, bn_momentum)
+        same = graph.flavor == "model_garden"
+        mobile = graph.family == "mobile"
+        mbconv = ({"expand_ratio": graph.scaling.expand_ratio, "se_ratio": graph.scaling.se_ratio,
+                   "se_style": graph.flavor} if mobile else {})
+        if mobile:
+            self.stem = nn.Sequential(ConvNormAct(3, graph.stem_channels, 3, norm, activation, stride=2,
+                                                  same_padding=same))
+        else:
+            self.stem = nn.Sequential(ConvNormAct(3, graph.stem_channels, 7, norm, activation, stride=2,
+                                                  same_padding=same), MaxPool2dSame(3, 2))
+        self.blocks = nn.ModuleDict(
+            {str(n.index): BlockNode(n, graph, norm, activation, same, mbconv) for n in graph.nodes})
+        self.endpoints = nn.ModuleDict({
+            str(level): ConvNormAct(graph.node(index).out_channels, graph.endpoints_num_filters, 1, norm, activation)
+            for level, index in graph.endpoints.items()})
+
+        # Free every feature map after its last consumer (the graph is wide; this keeps peak memory down).
+        last_use: dict[int, int] = {}
+        for pos, n in enumerate(graph.nodes):
+            inputs = [e.source for e in n.parents] + list(n.extras)
+            if n.is_stem and pos > 0:
+                inputs.append(graph.nodes[pos - 1].index)
+            for i in inputs:
+                last_use[i] = pos
+        keep = set(graph.endpoints.values())
+        self._release = {pos: [i for i, p in last_use.items() if p == pos and i not in keep]
+                         for pos in range(len(graph.nodes))}
+
+        self.out_channels = graph.endpoints_num_filters
+        self.size_divisibility = 2 ** graph.max_level
+        self.feature_info = [{"name": str(level), "level": level, "num_chs": graph.endpoints_num_filters,
+                              "reduction": 2 ** level} for level in graph.levels]
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        height, width = x.shape[-2:]
+
+        def size(level: int) -> tuple[int, int]:
+            return math.ceil(height / 2 ** level), math.ceil(width / 2 ** level)
+
+        x = self.stem(x)
+        feats: dict[int, torch.Tensor] = {}
+        for pos, node in enumerate(self.graph.nodes):
+            module = self.blocks[str(node.index)]
+            if node.is_stem:
+                y = module.block(x if pos == 0 else feats[self.graph.nodes[pos - 1].index])
+            else:
+                target = size(node.level)
+                fused = None
+                for edge, resample in zip(node.parents, module.resample):
+                    r = resample(feats[edge.source], target)
+                    fused = r if fused is None else fused + r
+                for extra in node.extras:
+                    fused = fused + feats[extra]
+                y = module.block(module.act(fused))
+            feats[node.index] = y
+            for i in self._release[pos]:
+                del feats[i]
+        return {str(level): self.endpoints[str(level)](feats[index]) for level, index in self.graph.endpoints.items()}
