@@ -12,6 +12,35 @@ from .graph import Graph, Node
 from .layers import BlockGroup, ConvNormAct, MaxPool2dSame, Resample, SeparableResample, get_activation, make_norm
 
 
+def trunc_normal_(tensor: torch.Tensor, std: float) -> torch.Tensor:
+    """Normal(0, std) truncated at two standard deviations, by resampling what falls outside.
+
+    Same distribution as ``nn.init.trunc_normal_`` but about 10x faster on the 100M-parameter members.
+    """
+    with torch.no_grad():
+        tensor.normal_(0.0, std)
+        while True:
+            outside = tensor.abs() > 2 * std
+            count = int(outside.sum())
+            if count == 0:
+                return tensor
+            tensor[outside] = torch.randn(count, dtype=tensor.dtype, device=tensor.device) * std
+
+
+def init_weights(module: nn.Module) -> None:
+    """The official initialisation (spec 3.10): Keras ``VarianceScaling`` (scale 1, fan_in, truncated normal at
+    two standard deviations, std corrected by 0.8796) for conv kernels, zero biases, BN gamma 1 and beta 0
+    and fresh running statistics."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            fan_in = m.in_channels // m.groups * m.kernel_size[0] * m.kernel_size[1]
+            trunc_normal_(m.weight, math.sqrt(1.0 / fan_in) / 0.87962566103423978)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d):
+            m.reset_parameters()
+
+
 class BlockNode(nn.Module):
     """One scale-permuted entry: resample each parent, sum (+ absorbed raw extras), activate, run the blocks."""
 

@@ -6,7 +6,9 @@ import fnmatch
 from dataclasses import dataclass, replace
 from typing import Any
 
-from .backbone import SpineNet
+import torch
+
+from .backbone import SpineNet, init_weights
 from .graph import resolve
 from .specs import FLAVORS, MOBILE_SCALING_MAP, SCALING_MAP, Architecture, Scaling, as_architecture, default_architecture
 
@@ -102,9 +104,16 @@ def resolve_config(name: str, **overrides: Any) -> dict[str, Any]:
 
 
 def build_from_config(cfg: dict[str, Any]) -> SpineNet:
+    """Build on the meta device, then materialise once with the official initialisation (no double init)."""
     graph = resolve(cfg["architecture"], cfg["scaling"], cfg["flavor"], cfg["min_level"], cfg["max_level"],
                     cfg["stochastic_depth_rate"])
-    return SpineNet(graph, cfg["activation"], cfg["bn_eps"], cfg["bn_momentum"], config=cfg)
+    device = torch.get_default_device()
+    with torch.device("meta"):
+        model = SpineNet(graph, cfg["activation"], cfg["bn_eps"], cfg["bn_momentum"], config=cfg)
+    if device.type != "meta":
+        model.to_empty(device=device)
+        init_weights(model)
+    return model
 
 
 def create_model(name: str, **overrides: Any) -> SpineNet:
