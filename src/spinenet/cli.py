@@ -76,6 +76,87 @@ def cmd_draw(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from .engine import Trainer, get_recipe, parse_overrides
+    from .tasks import get_task
+
+    recipe = parse_overrides(get_recipe(args.recipe), args.overrides)
+    task = get_task(args.task, model=args.model, data=args.data, val_data=args.val_data,
+                    **({"classes": args.classes} if args.classes else {}))
+    trainer = Trainer(task, recipe, args.out, device=args.device, resume=args.resume)
+    metrics = trainer.fit()
+    if metrics:
+        print(" ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+    print(f"checkpoints, metrics.csv and curves.png in {args.out}")
+    return 0
+
+
+def _load_for_inference(path: str, device: str | None):
+    from .engine import resolve_device
+    from .engine.checkpoint import load_checkpoint
+    from .models import create_detector_from_config
+
+    dev = resolve_device(device)
+    ckpt = load_checkpoint(path, map_location="cpu")
+    if ckpt["task"] != "detection":
+        raise ValueError(f"{path} holds a {ckpt['task']} model; this command needs a detection checkpoint")
+    model = create_detector_from_config(ckpt["model_config"])
+    model.load_state_dict(ckpt["model"])
+    return model.to(dev).eval(), ckpt, dev
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .data import dataset_from_path
+    from .data.evaluation import predictions_to_coco_results, save_results_json
+    from .tasks.detection import DETECTION_METRICS, evaluate_predictions, predict_dataset
+
+    model, ckpt, device = _load_for_inference(args.checkpoint, args.device)
+    kwargs = {"classes": args.classes} if args.classes else {}
+    dataset = dataset_from_path(args.data, **kwargs)
+    if list(dataset.classes) != list(ckpt["classes"]):
+        raise ValueError(f"{args.data} has classes {dataset.classes[1:]}, the checkpoint {ckpt['classes'][1:]}")
+    predictions = predict_dataset(model, dataset, device)
+    metrics = evaluate_predictions(predictions, dataset)
+    print("  ".join(f"{k} {metrics[k]:.4f}" for k in DETECTION_METRICS))
+    if args.out:
+        ids = list(predictions)
+        results = predictions_to_coco_results([predictions[i] for i in ids], ids, dataset.category_ids)
+        save_results_json(args.out, results)
+        print(f"wrote {len(results)} detections to {args.out}")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .data.detection import decode_image
+    from .predict import draw_detections
+
+    model, ckpt, device = _load_for_inference(args.checkpoint, args.device)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    classes, category_ids = ckpt["classes"], ckpt["category_ids"]
+    records = []
+    import torch
+
+    for image_path in args.images:
+        image = decode_image(image_path)
+        with torch.no_grad():
+            (det,) = model([image.to(device).float() / 255])
+        keep = det["scores"] >= args.score_thresh
+        boxes, scores, labels = det["boxes"][keep].cpu(), det["scores"][keep].cpu(), det["labels"][keep].cpu()
+        for box, score, label in zip(boxes.tolist(), scores.tolist(), labels.tolist()):
+            records.append({"file_name": str(image_path), "bbox": [box[0], box[1], box[2] - box[0], box[3] - box[1]],
+                            "score": score, "category_id": int(category_ids[label]), "category": classes[label]})
+        drawn = draw_detections(image, boxes, scores, [classes[i] for i in labels.tolist()])
+        drawn.save(out / (Path(image_path).stem + "_pred.png"))
+    import json
+
+    (out / "predictions.json").write_text(json.dumps(records, indent=1) + "\n")
+    print(f"{len(records)} detections on {len(args.images)} images -> {out}/predictions.json and *_pred.png")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="spinenet", description="SpineNet backbones in PyTorch.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -96,6 +177,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, help="output .png or .svg")
     p.add_argument("--flavor", choices=("tpu", "model_garden"))
     p.set_defaults(func=cmd_draw)
+
+    p = sub.add_parser("train", help="train a model (one engine and grammar for every task)")
+    p.add_argument("--task", choices=("detection",), default="detection")
+    p.add_argument("--model", required=True, help="e.g. retinanet_spinenet49s (see spinenet.models.list_detectors)")
+    p.add_argument("--data", required=True, help="COCO .json, VOC folder, or trees:<yell-train|yell-val|osbs|soap>")
+    p.add_argument("--val-data", help="evaluation set (same forms as --data)")
+    p.add_argument("--classes", help="class mode of built-in sets, e.g. dead_alive for trees:soap")
+    p.add_argument("--recipe", default="trees-cpu", help="named recipe (coco-protocol-a|b|c, trees-cpu, smoke)")
+    p.add_argument("--out", required=True, help="run folder (refused if it exists, unless --resume)")
+    p.add_argument("--device", help="cpu or cuda[:N] (default: cuda if available)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="recipe fields, e.g. steps=200 lr=0.05")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="COCO metrics of a checkpoint on a dataset")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--data", required=True)
+    p.add_argument("--classes", help="class mode of built-in sets, e.g. dead_alive")
+    p.add_argument("--out", help="write COCO results JSON here")
+    p.add_argument("--device")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("predict", help="detect objects in images")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("--out", required=True, help="folder for predictions.json and drawn images")
+    p.add_argument("--score-thresh", type=float, default=0.3)
+    p.add_argument("--device")
+    p.set_defaults(func=cmd_predict)
     return parser
 
 

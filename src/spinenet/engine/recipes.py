@@ -1,0 +1,156 @@
+"""Training recipes: small functions returning a :class:`Recipe`, each a few fields away from a base.
+
+Every field can be overridden from the command line with ``key=value`` (parsed by the field's type). The
+paper's COCO protocols (spec 7.1, 7.2) are full-scale recipes for GPU clusters; the ``*-cpu`` recipes are sized for
+a laptop and document the command and the result they were checked with.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field, fields
+from typing import Any, Callable
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str = "custom"
+    task: str = "detection"
+    image_size: int = 640
+    batch_size: int = 8
+    steps: int = 1000
+    lr: float = 0.08  # at batch_size; the base LR of the protocols is 0.28 at batch 256 (linear scaling rule)
+    momentum: float = 0.9
+    weight_decay: float = 4e-5  # on conv / linear weights only
+    warmup_steps: int = 100
+    warmup_factor: float = 0.0067 / 0.28  # the official warmup starts at 0.0067 for LR 0.28
+    schedule: str = "step"  # "step" (x0.1 at each boundary) or "cosine"
+    lr_steps: tuple[float, ...] = (0.94, 0.98)  # boundaries as fractions of `steps`
+    grad_clip: float = 10.0  # global norm; 0 disables
+    precision: str = "bf16"  # "fp32" | "bf16" (CPU/CUDA autocast) | "fp16" (CUDA autocast + loss scaling)
+    scale_min: float = 0.5  # scale jitter range of the training augmentation
+    scale_max: float = 2.0
+    hflip: float = 0.5
+    activation: str = "relu"
+    stochastic_depth_rate: float = 0.0
+    bn_momentum: float | None = None  # PyTorch convention; None = the flavour's default
+    label_smoothing: float = 0.0
+    eval_every: int = 0  # 0 = only at the end
+    checkpoint_every: int = 200
+    log_every: int = 10
+    num_workers: int = 0
+    seed: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def replace(self, **changes: Any) -> "Recipe":
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Recipe":
+        known = {f.name for f in fields(cls)}
+        values = {k: (tuple(v) if k == "lr_steps" else v) for k, v in data.items() if k in known}
+        return cls(**values)
+
+
+RECIPES: dict[str, Callable[[], Recipe]] = {}
+
+
+def recipe(fn: Callable[[], Recipe]) -> Callable[[], Recipe]:
+    name = fn.__name__.replace("_", "-")
+    if name in RECIPES:
+        raise ValueError(f"recipe {name!r} is registered twice")
+    RECIPES[name] = fn
+    return fn
+
+
+@recipe
+def coco_protocol_a() -> Recipe:
+    """Paper protocol A (spec 7.1): 250 epochs at batch 256, LR 0.28, x0.1/x0.01 for the last 30/10 epochs,
+    scale jitter [0.8, 1.2], relu. 118,287 images -> 462 steps per epoch."""
+    steps = 250 * 462
+    return Recipe("coco-protocol-a", image_size=640, batch_size=256, steps=steps, lr=0.28, warmup_steps=5 * 462,
+                  lr_steps=(220 / 250, 240 / 250), scale_min=0.8, scale_max=1.2, checkpoint_every=2000)
+
+
+@recipe
+def coco_protocol_b() -> Recipe:
+    """Paper protocol B: protocol A without DropBlock, scale jitter [0.5, 2.0], 350 epochs (TF1 yaml header:
+    162,050 steps, LR steps 148,160 / 157,420, warmup 2000 steps)."""
+    return coco_protocol_a().replace(name="coco-protocol-b", steps=162_050, lr_steps=(148_160 / 162_050,
+                                     157_420 / 162_050), warmup_steps=2000, scale_min=0.5, scale_max=2.0)
+
+
+@recipe
+def coco_protocol_c() -> Recipe:
+    """Paper protocol C (the released "-best" checkpoints): B + stochastic depth 0.2 + swish, 500 epochs
+    (TF1 yamls: 231,500 steps, LR steps 217,610 / 226,870)."""
+    return coco_protocol_b().replace(name="coco-protocol-c", steps=231_500, lr_steps=(217_610 / 231_500,
+                                     226_870 / 231_500), activation="swish", stochastic_depth_rate=0.2)
+
+
+@recipe
+def trees_cpu() -> Recipe:
+    """A from-scratch CPU recipe for the tree-crown tiles (``make demo``): 384 px tiles, bf16, cosine LR."""
+    return Recipe("trees-cpu", image_size=384, batch_size=8, steps=600, lr=0.08, warmup_steps=50,
+                  warmup_factor=0.1, schedule="cosine", scale_min=0.8, scale_max=1.25, checkpoint_every=100,
+                  eval_every=0, grad_clip=10.0)
+
+
+@recipe
+def smoke() -> Recipe:
+    """A few steps for tests."""
+    return Recipe("smoke", image_size=128, batch_size=2, steps=4, lr=0.01, warmup_steps=2, checkpoint_every=2,
+                  log_every=1, precision="fp32", scale_min=1.0, scale_max=1.0)
+
+
+def get_recipe(name: str) -> Recipe:
+    try:
+        return RECIPES[name]()
+    except KeyError:
+        raise ValueError(f"unknown recipe {name!r}; known: {', '.join(sorted(RECIPES))}") from None
+
+
+def parse_overrides(base: Recipe, items: list[str]) -> Recipe:
+    """Apply ``key=value`` strings, converting each value to the field's type; unknown keys go to ``extra``."""
+    types = {f.name: f.type for f in fields(Recipe)}
+    changes: dict[str, Any] = {}
+    extra = dict(base.extra)
+    for item in items:
+        if "=" not in item:
+            raise ValueError(f"override {item!r} is not key=value")
+        key, value = item.split("=", 1)
+        key = key.strip().replace("-", "_")
+        if key in ("name", "extra"):
+            raise ValueError(f"override {key!r} cannot be set")
+        if key not in types:
+            extra[key] = _auto(value)
+            continue
+        changes[key] = _convert(key, value, str(types[key]))
+    return base.replace(**changes, extra=extra)
+
+
+def _auto(value: str) -> Any:
+    for conv in (int, float):
+        try:
+            return conv(value)
+        except ValueError:
+            pass
+    return {"true": True, "false": False, "none": None}.get(value.lower(), value)
+
+
+def _convert(key: str, value: str, typ: str) -> Any:
+    try:
+        if typ.startswith("tuple"):
+            return tuple(float(v) for v in value.split(",") if v)
+        if "None" in typ and value.lower() == "none":
+            return None
+        if typ.startswith("int"):
+            return int(value)
+        if typ.startswith("float"):
+            return float(value)
+        return value
+    except ValueError:
+        raise ValueError(f"override {key}={value!r}: expected {typ}") from None

@@ -1,0 +1,302 @@
+"""One training engine for every task (detection, classification, segmentation).
+
+A task supplies the model, the datasets, the loss of a batch and the evaluation; the engine owns everything
+else: SGD with momentum and weight decay on conv/linear weights only, linear warmup then step or cosine decay,
+gradient clipping, autocast (bf16 on CPU, fp16 with loss scaling or bf16 on CUDA), atomic checkpoints that resume
+exactly (step, optimizer, scheduler, RNG, data position), tqdm progress, a metrics CSV, TensorBoard events and a
+PNG of the curves. Distributed runs (torchrun) use DDP: NCCL on CUDA, gloo on CPU; only rank 0 writes.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from .checkpoint import atomic_save, load_checkpoint, rng_state, set_rng_state
+from .recipes import Recipe
+from .sampler import Augmented, ResumableBatchSampler
+
+
+class Task(Protocol):
+    """What a task plugs into the engine."""
+
+    name: str
+    primary_metric: str
+
+    def build_datasets(self, recipe: Recipe) -> tuple[Dataset, Dataset | None]: ...
+
+    def build_model(self, recipe: Recipe, train_set: Dataset) -> nn.Module: ...
+
+    def train_transform(self, recipe: Recipe): ...
+
+    def collate(self, batch: list) -> Any: ...
+
+    def loss(self, model: nn.Module, batch: Any, device: torch.device) -> dict[str, torch.Tensor]: ...
+
+    def evaluate(self, model: nn.Module, dataset: Dataset, device: torch.device, recipe: Recipe) -> dict[str, float]: ...
+
+    def checkpoint_extras(self, train_set: Dataset) -> dict[str, Any]: ...
+
+
+@dataclass
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def resolve_device(name: str | None) -> torch.device:
+    name = name or ("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for, but no CUDA device is available; use --device cpu")
+    if not (name == "cpu" or name.startswith("cuda")):
+        raise ValueError(f"--device {name!r}: expected cpu or cuda[:N]")
+    return torch.device(name)
+
+
+def autocast_context(device: torch.device, precision: str):
+    """bf16 autocast on CPU; fp16 or bf16 autocast on CUDA; nothing for fp32."""
+    if precision == "fp32":
+        return torch.autocast(device.type, enabled=False)
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    if precision == "fp16":
+        if device.type != "cuda":
+            raise ValueError("precision=fp16 needs CUDA; use bf16 on CPU")
+        return torch.autocast("cuda", dtype=torch.float16)
+    raise ValueError(f"precision={precision!r}: expected fp32, bf16 or fp16")
+
+
+def lr_factor(step: int, recipe: Recipe) -> float:
+    """Linear warmup from ``warmup_factor`` to 1, then step decay (x0.1 per boundary) or cosine to 0."""
+    if recipe.warmup_steps and step < recipe.warmup_steps:
+        alpha = step / recipe.warmup_steps
+        return recipe.warmup_factor * (1 - alpha) + alpha
+    if recipe.schedule == "cosine":
+        span = max(recipe.steps - recipe.warmup_steps, 1)
+        return 0.5 * (1 + math.cos(math.pi * min(step - recipe.warmup_steps, span) / span))
+    if recipe.schedule == "step":
+        return 0.1 ** sum(step >= b * recipe.steps for b in recipe.lr_steps)
+    raise ValueError(f"schedule={recipe.schedule!r}: expected step or cosine")
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Weight decay on conv and linear weights only (the official ``.*(kernel|weight)`` rule, minus BN)."""
+    decay, no_decay = [], []
+    for module in model.modules():
+        for name, p in module.named_parameters(recurse=False):
+            if not p.requires_grad:
+                continue
+            is_weight = name == "weight" and isinstance(module, (nn.Conv2d, nn.Linear))
+            (decay if is_weight else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+class Trainer:
+    def __init__(self, task: Task, recipe: Recipe, out_dir: str | os.PathLike, device: str | None = None,
+                 resume: bool = False, dist: DistInfo | None = None, progress: bool = True) -> None:
+        self.task, self.recipe = task, recipe
+        self.out = Path(out_dir)
+        self.dist = dist or DistInfo()
+        self.device = resolve_device(device)
+        self.progress = progress
+        self.last = self.out / "checkpoints" / "last.pt"
+        if self.out.exists() and any(self.out.iterdir()) and not resume:
+            raise ValueError(f"output folder {self.out} already exists and is not empty; pass --resume to continue "
+                             f"that run, or choose another --out")
+        if resume and not self.last.is_file():
+            raise FileNotFoundError(f"--resume: no checkpoint at {self.last}; start without --resume")
+        self.resume = resume
+
+    # ------------------------------------------------------------------------------------------------ set-up
+    def _setup(self) -> None:
+        r = self.recipe
+        torch.manual_seed(r.seed)
+        self.train_set, self.val_set = self.task.build_datasets(r)
+        self.model = self.task.build_model(r, self.train_set).to(self.device)
+        self.model_core = self.model
+        if self.dist.world_size > 1:
+            self.model = nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        self.optimizer = torch.optim.SGD(param_groups(self.model_core, r.weight_decay), lr=r.lr, momentum=r.momentum)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_factor(s, r))
+        self.scaler = torch.amp.GradScaler("cuda", enabled=r.precision == "fp16" and self.device.type == "cuda")
+        self.step = 0
+        if self.resume:
+            ckpt = load_checkpoint(self.last, map_location=self.device)
+            self.model_core.load_state_dict(ckpt["model"])
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+            self.scheduler.load_state_dict(ckpt["scheduler"])
+            self.scaler.load_state_dict(ckpt["scaler"])
+            self.step = ckpt["step"]
+            set_rng_state(ckpt["rng"])
+            # follow the current recipe's schedule from here (it may extend the interrupted one)
+            for group, base in zip(self.optimizer.param_groups, self.scheduler.base_lrs):
+                group["lr"] = base * lr_factor(self.step, r)
+
+    def _loader(self) -> DataLoader:
+        r = self.recipe
+        sampler = ResumableBatchSampler(len(self.train_set), r.batch_size, r.seed, self.step, self.dist.rank,
+                                        self.dist.world_size)
+        return DataLoader(Augmented(self.train_set, self.task.train_transform(r)), batch_sampler=sampler,
+                          collate_fn=self.task.collate, num_workers=r.num_workers,
+                          generator=torch.Generator().manual_seed(r.seed),  # keeps the global RNG untouched
+                          persistent_workers=False)
+
+    # --------------------------------------------------------------------------------------------- checkpoints
+    def save(self, path: Path | None = None) -> Path | None:
+        if not self.dist.is_main:
+            return None
+        state = {
+            "task": self.task.name,
+            "step": self.step,
+            "recipe": self.recipe.to_dict(),
+            "model_config": getattr(self.model_core, "config", None),
+            "model": self.model_core.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "rng": rng_state(),
+            **self.task.checkpoint_extras(self.train_set),
+        }
+        return atomic_save(state, path or self.last)
+
+    # ------------------------------------------------------------------------------------------------ logging
+    def _log(self, row: dict[str, Any]) -> None:
+        if not self.dist.is_main:
+            return
+        path = self.out / "metrics.csv"
+        fieldnames = ["step", "lr", "loss", "images_per_s"] + sorted(k for k in row if k not in
+                                                                     ("step", "lr", "loss", "images_per_s"))
+        rows: list[dict[str, Any]] = []
+        if path.exists():
+            with open(path, newline="") as fh:
+                rows = [r for r in csv.DictReader(fh)]
+            for r in rows:
+                fieldnames += [k for k in r if k not in fieldnames]
+        rows.append({k: row.get(k, "") for k in fieldnames})
+        tmp = path.with_name(".metrics.csv.tmp")
+        with open(tmp, "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=fieldnames)
+            writer.writeheader()
+            writer.writerows(rows)
+        os.replace(tmp, path)
+        if self.tb is not None:
+            for k, v in row.items():
+                if k != "step" and isinstance(v, (int, float)):
+                    self.tb.add_scalar(k, v, row["step"])
+
+    def _truncate_log(self) -> None:
+        """On resume, drop rows logged after the checkpoint (they will be logged again)."""
+        path = self.out / "metrics.csv"
+        if not self.dist.is_main or not path.exists():
+            return
+        with open(path, newline="") as fh:
+            reader = csv.DictReader(fh)
+            fieldnames = reader.fieldnames or []
+            rows = [r for r in reader if int(float(r["step"])) <= self.step]
+        with open(path, "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=fieldnames)
+            writer.writeheader()
+            writer.writerows(rows)
+
+    def _open_tensorboard(self):
+        if not self.dist.is_main:
+            return None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:  # tensorboard is optional at run time
+            return None
+        return SummaryWriter(log_dir=str(self.out / "tensorboard"), purge_step=self.step or None)
+
+    # -------------------------------------------------------------------------------------------------- train
+    def fit(self, stop_at: int | None = None) -> dict[str, Any]:
+        """Train to ``recipe.steps``, evaluating every ``eval_every`` steps and at the end.
+
+        ``stop_at`` ends the run early after that step with a checkpoint, as an interruption would (tests, time
+        budgets); ``--resume`` then continues it exactly.
+        """
+        r = self.recipe
+        if self.dist.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            (self.out / "recipe.json").write_text(json.dumps(r.to_dict(), indent=2) + "\n")
+        self._setup()
+        self._truncate_log()
+        self.tb = self._open_tensorboard()
+        metrics: dict[str, float] = {}
+        from tqdm import tqdm
+
+        bar = tqdm(total=r.steps, initial=self.step, disable=not (self.progress and self.dist.is_main),
+                   dynamic_ncols=True, desc=f"{self.task.name}")
+        self.model.train()
+        loader = iter(self._loader())
+        tick, seen = time.perf_counter(), 0
+        while self.step < r.steps:
+            if stop_at is not None and self.step >= stop_at:
+                self.save()
+                bar.close()
+                return {}
+            batch = next(loader)
+            with autocast_context(self.device, r.precision):
+                losses = self.task.loss(self.model, batch, self.device)
+            loss = losses["loss"]
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"loss is {loss.item()} at step {self.step}; lower lr= or check the data")
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            if r.grad_clip:
+                self.scaler.unscale_(self.optimizer)
+                nn.utils.clip_grad_norm_(self.model.parameters(), r.grad_clip)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.scheduler.step()
+            self.step += 1
+            seen += r.batch_size * self.dist.world_size
+            bar.update(1)
+            if self.step % r.log_every == 0 or self.step == r.steps:
+                now = time.perf_counter()
+                row = {"step": self.step, "lr": self.optimizer.param_groups[0]["lr"], "loss": float(loss.detach()),
+                       "images_per_s": seen / max(now - tick, 1e-9)}
+                row.update({k: float(v.detach()) for k, v in losses.items() if k != "loss"})
+                bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{row['lr']:.4g}", img_s=f"{row['images_per_s']:.1f}")
+                self._log(row)
+                tick, seen = now, 0
+            if r.eval_every and self.step % r.eval_every == 0 and self.step < r.steps:
+                metrics = self.evaluate()
+            if self.step % r.checkpoint_every == 0 or self.step == r.steps:
+                self.save()
+        bar.close()
+        metrics = self.evaluate()
+        if self.dist.is_main:
+            self.save(self.out / "checkpoints" / "final.pt")
+            (self.out / "final_metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+            from .plots import plot_curves
+
+            plot_curves(self.out / "metrics.csv", self.out / "curves.png", self.task.primary_metric)
+        if self.tb is not None:
+            self.tb.close()
+        return metrics
+
+    def evaluate(self) -> dict[str, float]:
+        if self.val_set is None or not self.dist.is_main:
+            return {}
+        self.model_core.eval()
+        with torch.no_grad(), autocast_context(self.device, self.recipe.precision):
+            metrics = self.task.evaluate(self.model_core, self.val_set, self.device, self.recipe)
+        self.model_core.train()
+        self._log({"step": self.step, **{f"val_{k}": v for k, v in metrics.items()}})
+        return metrics

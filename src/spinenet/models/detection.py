@@ -1,0 +1,319 @@
+"""SpineNet RetinaNet detectors on torchvision's ``RetinaNet`` (paper section 4.1, spec 2.3, 4.4, 4.5, 7).
+
+``create_detector(name, num_classes=91, ...)`` builds one of the table rows below: a SpineNet backbone whose
+P3-P7 endpoints feed the head directly (no FPN: the scale-permuted backbone *is* the feature pyramid), the
+official RetinaNet head (:mod:`.retinanet_head`), official anchors (:mod:`.anchors`), official box coding
+(:mod:`.box_coder`; the box predictor keeps the official **(dy, dx, dh, dw)** channel order) and the official
+losses (:mod:`.retinanet_loss`). torchvision supplies the rest unchanged: the ``GeneralizedRCNNTransform``
+(ImageNet mean/std, resize of the long side to ``image_size``, zero padding to a multiple of
+``backbone.size_divisibility`` = 128), IoU matching (``Matcher(0.5, 0.5, allow_low_quality_matches=True)``), and
+the train/eval ``forward`` contract (losses dict in train mode, ``[{boxes, scores, labels}]`` in the original image
+coordinates in eval mode).
+
+Post-processing follows Model Garden's ``MultilevelDetectionGenerator`` (nms_version v2), not torchvision's
+per-level variant: decode every anchor, clip to the (resized) image, score = sigmoid with logit 0 (background)
+dropped, per class keep the ``topk_candidates`` best anchors over all levels with score > ``score_thresh``,
+class-wise NMS at ``nms_thresh``, then the ``detections_per_img`` best overall. Known differences: torchvision's
+NMS suppresses IoU > threshold where the official one suppresses IoU >= threshold, and the official NMS also
+drops boxes whose four coordinates are all 0 -- both only matter on exact ties.
+
+Matching difference (documented, not replicated): for a ground-truth box whose best IoU is below 0.5, torchvision
+makes its best anchor(s) positive but assigns each such anchor to the box *it* overlaps most; the official
+``force_match_for_each_col`` assigns it to the ground truth it was forced for. They differ only when the forced
+anchor overlaps another box more.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+from torchvision.models.detection import RetinaNet
+from torchvision.models.detection.transform import GeneralizedRCNNTransform
+from torchvision.ops import batched_nms, box_iou, clip_boxes_to_image
+
+from ..backbone import SpineNet
+from ..registry import build_from_config, config_to_json, get_model_def, resolve_config
+from ..specs import Architecture, Scaling
+from .anchors import MultilevelAnchors
+from .box_coder import BoxCoder
+from .retinanet_head import RetinaNetHead
+from .retinanet_loss import retinanet_loss
+
+DETECTOR_FORMAT = "spinenet-detector/1"
+ASPECT_RATIOS = (0.5, 1.0, 2.0)
+NUM_SCALES = 3
+# Official RetinaNet settings (spec 7.2 / 7.3, Model Garden MultilevelDetectionGenerator defaults).
+POSTPROCESS_DEFAULTS: dict[str, float | int] = {"score_thresh": 0.05, "nms_thresh": 0.5, "detections_per_img": 100,
+                                                "topk_candidates": 5000}
+LOSS_DEFAULTS: dict[str, float] = {"focal_alpha": 0.25, "focal_gamma": 1.5, "huber_delta": 0.1,
+                                   "box_loss_weight": 50.0}
+HEAD_OVERRIDES = ("head_convs", "head_width", "anchor_size")
+DETECTOR_OVERRIDES = HEAD_OVERRIDES + tuple(POSTPROCESS_DEFAULTS) + tuple(LOSS_DEFAULTS)
+
+
+@dataclass(frozen=True)
+class DetectorDef:
+    """One registered RetinaNet: backbone name, head geometry, anchor size and default input (spec 2.3, 7).
+
+    ``activation`` is the official RetinaNet config's (protocol C: swish for the ResNet-block family; Model
+    Garden mobile yamls: hard_swish for 49/49S, swish for 49XS); backbone and head share it, as officially.
+    """
+
+    name: str
+    backbone: str
+    head_convs: int
+    head_width: int
+    separable: bool
+    anchor_size: float
+    image_size: int
+    activation: str
+    description: str = ""
+
+
+_DETECTORS: dict[str, DetectorDef] = {}
+
+
+def register_detector(defn: DetectorDef) -> DetectorDef:
+    if defn.name in _DETECTORS:
+        raise ValueError(f"detector {defn.name!r} is already registered")
+    get_model_def(defn.backbone)  # fail at import time on a typo
+    _DETECTORS[defn.name] = defn
+    return defn
+
+
+for _row in (
+    # name                           backbone               convs width sep    anchor size  activation
+    ("retinanet_spinenet49s",        "spinenet49s",          4,  128, False, 3.0,  640, "swish"),
+    ("retinanet_spinenet49",         "spinenet49",           4,  256, False, 3.0,  640, "swish"),
+    ("retinanet_spinenet96",         "spinenet96",           4,  256, False, 3.0, 1024, "swish"),
+    ("retinanet_spinenet143",        "spinenet143",          4,  256, False, 4.0, 1280, "swish"),
+    ("retinanet_spinenet190",        "spinenet190",          7,  512, False, 4.0, 1280, "swish"),
+    ("retinanet_spinenet_mobile49",  "spinenet_mobile49",    4,   48, True,  3.0,  384, "hard_swish"),
+    ("retinanet_spinenet_mobile49s", "spinenet_mobile49s",   4,   40, True,  3.0,  384, "hard_swish"),
+    ("retinanet_spinenet_mobile49xs", "spinenet_mobile49xs", 4,   24, True,  3.0,  256, "swish"),
+):
+    register_detector(DetectorDef(*_row, description=f"RetinaNet with {get_model_def(_row[1]).description}"))
+
+
+def list_detectors(pattern: str | None = None) -> list[str]:
+    """Registered detector names in table order, optionally filtered by a shell pattern (``"*mobile*"``)."""
+    return [n for n in _DETECTORS if pattern is None or fnmatch.fnmatch(n, pattern)]
+
+
+def get_detector_def(name: str) -> DetectorDef:
+    try:
+        return _DETECTORS[name]
+    except KeyError:
+        raise ValueError(f"unknown detector {name!r}; known: {', '.join(list_detectors())}") from None
+
+
+def select_detections(boxes: torch.Tensor, scores: torch.Tensor, score_thresh: float, nms_thresh: float,
+                      topk_candidates: int, detections_per_img: int,
+                      label_offset: int = 1) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Official class-aware selection (MG NMS v2) for one image.
+
+    ``boxes`` ``[M, 4]`` xyxy (already clipped), ``scores`` ``[M, C]`` probabilities of the foreground classes.
+    Per class: the ``topk_candidates`` best anchors with score > ``score_thresh``; NMS per class; the
+    ``detections_per_img`` best overall, by descending score. Labels are ``column + label_offset``.
+    """
+    anchor_idx, cls_idx = torch.where(scores > score_thresh)
+    cand = scores[anchor_idx, cls_idx]
+    if cand.numel() > topk_candidates:
+        # "top-k per class, then threshold" == "threshold, then top-k per class": rank within each class.
+        order = torch.argsort(cand, descending=True, stable=True)
+        order = order[torch.argsort(cls_idx[order], stable=True)]
+        anchor_idx, cls_idx, cand = anchor_idx[order], cls_idx[order], cand[order]
+        counts = torch.bincount(cls_idx, minlength=scores.shape[1])
+        starts = torch.cumsum(counts, 0) - counts
+        rank = torch.arange(cand.numel(), device=cand.device) - starts[cls_idx]
+        keep = rank < topk_candidates
+        anchor_idx, cls_idx, cand = anchor_idx[keep], cls_idx[keep], cand[keep]
+    cand_boxes = boxes[anchor_idx]
+    keep = batched_nms(cand_boxes, cand, cls_idx, nms_thresh)[:detections_per_img]
+    return cand_boxes[keep], cand[keep], cls_idx[keep] + label_offset
+
+
+class _DenseForward(nn.Module):
+    """Backbone + head on a tensor (what ``count_macs`` runs): the detector's dense compute, no pre/post."""
+
+    def __init__(self, backbone: nn.Module, head: RetinaNetHead) -> None:
+        super().__init__()
+        self.backbone, self.head = backbone, head
+
+    def forward(self, x: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        return self.head.forward_levels(list(self.backbone(x).values()))
+
+
+class _Transform(GeneralizedRCNNTransform):
+    """torchvision's transform, plus a final clip: rescaling by ``original / resized`` can overshoot the image
+    border by a float rounding (100.00001 on a 100-pixel side)."""
+
+    def postprocess(self, result: list[dict[str, torch.Tensor]], image_shapes: list[tuple[int, int]],
+                    original_image_sizes: list[tuple[int, int]]) -> list[dict[str, torch.Tensor]]:
+        result = super().postprocess(result, image_shapes, original_image_sizes)
+        if not self.training:
+            for det, size in zip(result, original_image_sizes):
+                det["boxes"] = clip_boxes_to_image(det["boxes"], size)
+        return result
+
+
+class SpineNetRetinaNet(RetinaNet):
+    """torchvision ``RetinaNet`` with SpineNet P3-P7, official anchors, box coding, loss and post-processing.
+
+    Build it with :func:`create_detector`. ``config`` is the JSON-serialisable description that
+    :func:`create_detector_from_config` rebuilds the same model from. The backbone's ``{"3": P3, ..., "7": P7}``
+    dict goes straight into torchvision's ``forward``, which takes ``list(features.values())``: SpineNet builds
+    that dict in ascending level order, which is the order the head's per-level BatchNorms and the anchors use.
+    """
+
+    def __init__(self, backbone: SpineNet, head: RetinaNetHead, anchors: MultilevelAnchors, num_classes: int,
+                 image_size: int, *, score_thresh: float = 0.05, nms_thresh: float = 0.5,
+                 detections_per_img: int = 100, topk_candidates: int = 5000, focal_alpha: float = 0.25,
+                 focal_gamma: float = 1.5, huber_delta: float = 0.1, box_loss_weight: float = 50.0,
+                 config: dict[str, Any] | None = None) -> None:
+        super().__init__(backbone, num_classes, min_size=image_size, max_size=image_size, head=head,
+                         score_thresh=score_thresh, nms_thresh=nms_thresh, detections_per_img=detections_per_img,
+                         fg_iou_thresh=0.5, bg_iou_thresh=0.5, topk_candidates=topk_candidates,
+                         size_divisible=backbone.size_divisibility)
+        # torchvision insists on its own AnchorGenerator type in __init__; ours has the same call interface.
+        self.anchor_generator = anchors
+        t = self.transform
+        self.transform = _Transform(image_size, image_size, t.image_mean, t.image_std,
+                                    size_divisible=backbone.size_divisibility)
+        self.box_coder = BoxCoder()
+        self.num_classes = num_classes
+        self.loss_settings = {"focal_alpha": focal_alpha, "focal_gamma": focal_gamma, "huber_delta": huber_delta,
+                              "box_loss_weight": box_loss_weight}
+        self.config = dict(config or {})
+
+    def match_anchors(self, anchors: list[torch.Tensor],
+                      targets: list[dict[str, torch.Tensor]]) -> list[torch.Tensor]:
+        """Per image ``[M]``: matched ground-truth index (IoU >= 0.5, plus each box's best anchor), -1 otherwise."""
+        matched = []
+        for anchors_i, target in zip(anchors, targets):
+            if target["boxes"].numel() == 0:
+                matched.append(torch.full((anchors_i.shape[0],), -1, dtype=torch.int64, device=anchors_i.device))
+            else:
+                matched.append(self.proposal_matcher(box_iou(target["boxes"], anchors_i)))
+        return matched
+
+    def compute_loss(self, targets: list[dict[str, torch.Tensor]], head_outputs: dict[str, torch.Tensor],
+                     anchors: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+        return retinanet_loss(head_outputs["cls_logits"], head_outputs["bbox_regression"], anchors, targets,
+                              self.match_anchors(anchors, targets), self.box_coder, **self.loss_settings)
+
+    def postprocess_detections(self, head_outputs: dict[str, list[torch.Tensor]], anchors: list[list[torch.Tensor]],
+                               image_shapes: list[tuple[int, int]]) -> list[dict[str, torch.Tensor]]:
+        """Official decoding and selection (module docstring), on torchvision's per-level split outputs."""
+        cls_logits = torch.cat(head_outputs["cls_logits"], dim=1)
+        box_deltas = torch.cat(head_outputs["bbox_regression"], dim=1)
+        cls_logits = cls_logits.float()  # scores compared to thresholds and ranked in float32
+        detections = []
+        for i, image_shape in enumerate(image_shapes):
+            boxes = clip_boxes_to_image(self.box_coder.decode(box_deltas[i], torch.cat(anchors[i])), image_shape)
+            scores = torch.sigmoid(cls_logits[i][:, 1:])  # logit 0 is background / unused
+            b, s, labels = select_detections(boxes, scores, self.score_thresh, self.nms_thresh, self.topk_candidates,
+                                             self.detections_per_img)
+            detections.append({"boxes": b, "scores": s, "labels": labels})
+        return detections
+
+    def macs_module(self) -> nn.Module:
+        """A module running backbone + head on one tensor, for :func:`spinenet.profile.count_macs`."""
+        return _DenseForward(self.backbone, self.head)
+
+
+def detector_macs(model: SpineNetRetinaNet, size: int | tuple[int, int] | None = None) -> int:
+    """Multiply-adds of backbone + head convolutions at ``size`` (default: the model's ``image_size``); the
+    paper's "FLOPs" convention (spec 4.5)."""
+    from ..profile import count_macs
+
+    return count_macs(model.macs_module(), size or model.config["image_size"])
+
+
+def _positive_int(value: Any, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{what} must be a positive integer, got {value!r}")
+    return value
+
+
+def create_detector(name: str, *, num_classes: int = 91, image_size: int | None = None, weights: str | None = None,
+                    **overrides: Any) -> SpineNetRetinaNet:
+    """Build a registered SpineNet RetinaNet (paper section 4.1; table :data:`list_detectors`).
+
+    ``num_classes`` counts logits including the unused label 0 (torchvision's convention; COCO's 91-id space
+    gives 91, as the official configs). ``image_size`` is the long side images are resized to (default: the
+    row's 640 / 1024 / 1280 / 384 / 256). ``overrides``: detector-level ``head_convs``, ``head_width``,
+    ``anchor_size``, ``score_thresh``, ``nms_thresh``, ``detections_per_img``, ``topk_candidates``,
+    ``focal_alpha``, ``focal_gamma``, ``huber_delta``, ``box_loss_weight``; everything else goes to
+    :func:`spinenet.create_model` for the backbone (``flavor``, ``activation``, ``filter_size_scale``,
+    ``endpoints_num_filters``, ``bn_eps``, ``stochastic_depth_rate``, ...). The head uses the backbone's
+    activation and BN settings, as the official configs do.
+    """
+    if weights is not None:
+        raise NotImplementedError(
+            f"create_detector({name!r}, weights={weights!r}): loading detector weights is not implemented yet; "
+            "build without weights and load a converted state dict, or use spinenet.convert.detection_mapping "
+            "with spinenet.convert.load.apply_tf_weights for official TF checkpoints")
+    defn = get_detector_def(name)
+    num_classes = _positive_int(num_classes, f"create_detector({name!r}): num_classes")
+    if num_classes < 2:
+        raise ValueError(f"create_detector({name!r}): num_classes counts the unused label 0, so it must be >= 2")
+    image_size = _positive_int(defn.image_size if image_size is None else image_size,
+                               f"create_detector({name!r}): image_size")
+    detector_opts = {k: overrides.pop(k) for k in list(overrides) if k in DETECTOR_OVERRIDES}
+    backbone_opts = {"activation": defn.activation, **overrides}
+    try:
+        backbone_cfg = resolve_config(defn.backbone, **backbone_opts)
+    except ValueError as err:
+        raise ValueError(f"create_detector({name!r}): {err}; detector-level overrides: {list(DETECTOR_OVERRIDES)}") \
+            from None
+    config = {
+        "format": DETECTOR_FORMAT,
+        "name": name,
+        "num_classes": num_classes,
+        "image_size": image_size,
+        "backbone": config_to_json(backbone_cfg),
+        "head": {"num_convs": detector_opts.get("head_convs", defn.head_convs),
+                 "num_filters": detector_opts.get("head_width", defn.head_width),
+                 "separable": defn.separable,
+                 "activation": backbone_cfg["activation"],
+                 "bn_eps": backbone_cfg["bn_eps"],
+                 "bn_momentum": backbone_cfg["bn_momentum"]},
+        "anchors": {"min_level": backbone_cfg["min_level"], "max_level": backbone_cfg["max_level"],
+                    "num_scales": NUM_SCALES, "aspect_ratios": list(ASPECT_RATIOS),
+                    "anchor_size": float(detector_opts.get("anchor_size", defn.anchor_size))},
+        "postprocess": {k: detector_opts.get(k, v) for k, v in POSTPROCESS_DEFAULTS.items()},
+        "loss": {k: float(detector_opts.get(k, v)) for k, v in LOSS_DEFAULTS.items()},
+    }
+    return create_detector_from_config(config)
+
+
+def _backbone_from_json(data: Mapping[str, Any]) -> SpineNet:
+    cfg = dict(data)
+    cfg["architecture"] = Architecture.from_dict(cfg["architecture"], source="detector config: backbone.architecture")
+    cfg["scaling"] = Scaling(**cfg["scaling"])
+    return build_from_config(cfg)
+
+
+def create_detector_from_config(config: Mapping[str, Any]) -> SpineNetRetinaNet:
+    """Rebuild a detector from ``model.config`` (e.g. read back from a checkpoint); same modules, fresh weights."""
+    if not isinstance(config, Mapping) or config.get("format") != DETECTOR_FORMAT:
+        found = config.get("format") if isinstance(config, Mapping) else type(config).__name__
+        raise ValueError(f"detector config: field 'format' is {found!r}; expected {DETECTOR_FORMAT!r}")
+    missing = {"name", "num_classes", "image_size", "backbone", "head", "anchors", "postprocess", "loss"} - set(config)
+    if missing:
+        raise ValueError(f"detector config: missing field(s) {sorted(missing)}")
+    head_cfg, anchor_cfg = config["head"], config["anchors"]
+    backbone = _backbone_from_json(config["backbone"])
+    anchors = MultilevelAnchors(anchor_cfg["min_level"], anchor_cfg["max_level"], anchor_cfg["num_scales"],
+                                anchor_cfg["aspect_ratios"], anchor_cfg["anchor_size"])
+    head = RetinaNetHead(backbone.out_channels, config["num_classes"], anchors.num_anchors,
+                         _positive_int(head_cfg["num_convs"], "head_convs"),
+                         _positive_int(head_cfg["num_filters"], "head_width"), len(anchors.levels),
+                         head_cfg["separable"], head_cfg["activation"], head_cfg["bn_eps"], head_cfg["bn_momentum"])
+    return SpineNetRetinaNet(backbone, head, anchors, config["num_classes"], config["image_size"],
+                             **config["postprocess"], **config["loss"], config=dict(config))

@@ -1,0 +1,112 @@
+"""Detection as an engine task: RetinaNet on SpineNet, COCO / VOC / tree data, COCO metrics."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from ..engine.recipes import Recipe
+
+DETECTION_METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+
+
+def _to_device(images: list[torch.Tensor], targets: list[dict] | None, device: torch.device):
+    """uint8 [3,H,W] images -> float in [0, 1] on ``device`` (normalisation happens inside the model)."""
+    images = [img.to(device, non_blocking=True).float().div_(255) for img in images]
+    if targets is None:
+        return images, None
+    targets = [{k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in t.items()} for t in targets]
+    return images, targets
+
+
+class DetectionTask:
+    name = "detection"
+    primary_metric = "AP50"
+
+    def __init__(self, model: str, data: str, val_data: str | None = None, classes: str | None = None) -> None:
+        self.model_name, self.data, self.val_data = model, data, val_data
+        self.classes = classes  # e.g. "dead_alive" for the SOAP tree set
+
+    # -------------------------------------------------------------------------------------------- datasets
+    def _open(self, path: str, classes: list[str] | None = None):
+        from ..data import dataset_from_path
+
+        kwargs: dict[str, Any] = {}
+        if path.startswith("trees:") and self.classes:
+            kwargs["classes"] = self.classes
+        elif classes is not None and not path.startswith("trees:") and not path.endswith(".json"):
+            kwargs["classes"] = classes[1:]  # VOC: keep the training set's label order
+        return dataset_from_path(path, **kwargs)
+
+    def build_datasets(self, recipe: Recipe) -> tuple[Dataset, Dataset | None]:
+        train = self._open(self.data)
+        val = self._open(self.val_data, list(train.classes)) if self.val_data else None
+        if val is not None and list(val.classes) != list(train.classes):
+            raise ValueError(f"--val-data classes {val.classes[1:]} differ from --data classes {train.classes[1:]}")
+        return train, val
+
+    def train_transform(self, recipe: Recipe):
+        from ..data.transforms import Compose, RandomHorizontalFlip, ScaleJitterCrop
+
+        def transform(image: torch.Tensor, target: dict, generator: torch.Generator):
+            return Compose([RandomHorizontalFlip(recipe.hflip, generator),
+                            ScaleJitterCrop(recipe.image_size, (recipe.scale_min, recipe.scale_max), generator)])(
+                image, target)
+
+        return transform
+
+    def collate(self, batch: list):
+        from ..data import collate_detection
+
+        return collate_detection(batch)
+
+    # ----------------------------------------------------------------------------------------------- model
+    def build_model(self, recipe: Recipe, train_set: Dataset) -> nn.Module:
+        from ..models import create_detector
+
+        overrides: dict[str, Any] = {"activation": recipe.activation,
+                                     "stochastic_depth_rate": recipe.stochastic_depth_rate}
+        if recipe.bn_momentum is not None:
+            overrides["bn_momentum"] = recipe.bn_momentum
+        # ``model.<field>=value`` overrides reach the detector (e.g. model.filter_size_scale=0.25, model.head_width=64)
+        overrides.update({k[len("model."):]: v for k, v in recipe.extra.items() if k.startswith("model.")})
+        return create_detector(self.model_name, num_classes=len(train_set.classes), image_size=recipe.image_size,
+                               **overrides)
+
+    def loss(self, model: nn.Module, batch: Any, device: torch.device) -> dict[str, torch.Tensor]:
+        images, targets = _to_device(*batch, device)
+        losses = model(images, targets)
+        return {"loss": sum(losses.values()), **losses}
+
+    def checkpoint_extras(self, train_set: Dataset) -> dict[str, Any]:
+        return {"classes": list(train_set.classes), "category_ids": list(train_set.category_ids)}
+
+    # ------------------------------------------------------------------------------------------ evaluation
+    def evaluate(self, model: nn.Module, dataset: Dataset, device: torch.device, recipe: Recipe | None = None,
+                 batch_size: int = 4) -> dict[str, float]:
+        predictions = predict_dataset(model, dataset, device, batch_size)
+        return evaluate_predictions(predictions, dataset)
+
+
+def predict_dataset(model: nn.Module, dataset: Dataset, device: torch.device, batch_size: int = 4) -> dict[int, dict]:
+    """``{image_id: {"boxes", "scores", "labels"}}`` for every image of ``dataset`` (model in eval mode)."""
+    model.eval()
+    out: dict[int, dict] = {}
+    indices = list(range(len(dataset)))
+    with torch.no_grad():
+        for start in range(0, len(indices), batch_size):
+            items = [dataset[i] for i in indices[start:start + batch_size]]
+            images, _ = _to_device([img for img, _ in items], None, device)
+            for (_, target), det in zip(items, model(images)):
+                out[int(target["image_id"])] = {k: v.float().cpu() for k, v in det.items()}
+    return out
+
+
+def evaluate_predictions(predictions: dict[int, dict], dataset: Dataset) -> dict[str, float]:
+    from ..data.evaluation import evaluate_coco
+
+    metrics = evaluate_coco(predictions, dataset.to_coco(), dataset.category_ids)
+    return {k: float(metrics[k]) for k in DETECTION_METRICS}

@@ -1,0 +1,103 @@
+"""The shared training engine: schedules, weight decay groups, exact resume, refusal, outputs."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+import torch
+
+from spinenet.engine import Trainer, get_recipe, lr_factor, param_groups, parse_overrides
+from spinenet.engine.checkpoint import atomic_save, load_checkpoint
+from spinenet.engine.sampler import ResumableBatchSampler
+from spinenet.tasks import get_task
+
+TINY = ["model.filter_size_scale=0.125", "model.endpoints_num_filters=16", "model.head_width=16"]
+
+
+def test_lr_schedule_warmup_step_and_cosine():
+    r = get_recipe("coco-protocol-b")
+    assert lr_factor(0, r) == pytest.approx(0.0067 / 0.28)
+    assert lr_factor(1000, r) == pytest.approx(0.0067 / 0.28 * 0.5 + 0.5)
+    assert lr_factor(148_159, r) == 1.0
+    assert lr_factor(148_160, r) == pytest.approx(0.1)
+    assert lr_factor(157_420, r) == pytest.approx(0.01)
+    c = r.replace(schedule="cosine", warmup_steps=0, steps=100)
+    assert lr_factor(0, c) == 1.0 and lr_factor(50, c) == pytest.approx(0.5) and lr_factor(100, c) == pytest.approx(0)
+
+
+def test_overrides_are_typed_and_checked():
+    r = parse_overrides(get_recipe("smoke"), ["steps=7", "lr=0.5", "lr_steps=0.5,0.9", "model.head_width=8"])
+    assert (r.steps, r.lr, r.lr_steps, r.extra["model.head_width"]) == (7, 0.5, (0.5, 0.9), 8)
+    with pytest.raises(ValueError, match="steps='x'"):
+        parse_overrides(r, ["steps=x"])
+    with pytest.raises(ValueError, match="not key=value"):
+        parse_overrides(r, ["steps"])
+    with pytest.raises(ValueError, match="unknown recipe"):
+        get_recipe("protocol-z")
+
+
+def test_weight_decay_only_on_conv_and_linear_weights():
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.Flatten(),
+                                torch.nn.Linear(4, 2))
+    decay, no_decay = param_groups(model, 1e-4)
+    assert {id(p) for p in decay["params"]} == {id(model[0].weight), id(model[3].weight)}
+    assert len(no_decay["params"]) == 4 and no_decay["weight_decay"] == 0
+
+
+def test_sampler_resumes_mid_stream_and_shards():
+    full = ResumableBatchSampler(10, 3, seed=1)
+    it = iter(full)
+    batches = [next(it) for _ in range(8)]
+    resumed = iter(ResumableBatchSampler(10, 3, seed=1, start_step=5))
+    assert [next(resumed) for _ in range(3)] == batches[5:]
+    seen = [i for b in batches[:3] for i, _ in b] + [batches[3][0][0]]
+    assert sorted(seen) == list(range(10))  # one epoch is a permutation
+    ranks = [iter(ResumableBatchSampler(10, 2, seed=1, rank=k, world_size=2)) for k in range(2)]
+    first = [next(r) for r in ranks]
+    assert len(first[0]) == 2 and not {i for i, _ in first[0]} & {i for i, _ in first[1]}
+
+
+def test_atomic_save_and_clear_load_errors(tmp_path):
+    path = atomic_save({"task": "detection", "model": {}}, tmp_path / "a" / "c.pt")
+    assert load_checkpoint(path)["task"] == "detection"
+    assert not list(path.parent.glob(".*tmp*"))
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="junk.pt"):
+        load_checkpoint(tmp_path / "junk.pt")
+    with pytest.raises(FileNotFoundError, match="nope.pt"):
+        load_checkpoint(tmp_path / "nope.pt")
+
+
+def _trainer(out, steps, resume=False, **kw):
+    recipe = parse_overrides(get_recipe("smoke"), [f"steps={steps}", "checkpoint_every=2", "batch_size=2",
+                                                   "image_size=128", *TINY])
+    task = get_task("detection", model="retinanet_spinenet49s", data="trees:osbs", val_data=kw.get("val"))
+    return Trainer(task, recipe, out, device="cpu", resume=resume, progress=False)
+
+
+def test_resume_is_exact_and_outputs_are_written(tmp_path):
+    straight = _trainer(tmp_path / "a", 4)
+    straight.fit()
+    _trainer(tmp_path / "b", 4).fit(stop_at=2)  # an interrupted run
+    resumed = _trainer(tmp_path / "b", 4, resume=True)
+    resumed.fit()
+    a = straight.model_core.state_dict()
+    b = resumed.model_core.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a), "N steps != N/2 + resume + N/2"
+    with open(tmp_path / "b" / "metrics.csv") as fh:
+        steps = [int(r["step"]) for r in csv.DictReader(fh) if r["loss"]]
+    assert steps == [1, 2, 3, 4]
+    for name in ("checkpoints/last.pt", "checkpoints/final.pt", "recipe.json", "curves.png"):
+        assert (tmp_path / "b" / name).exists(), name
+    assert json.loads((tmp_path / "b" / "recipe.json").read_text())["steps"] == 4
+
+
+def test_existing_output_is_refused_without_resume(tmp_path):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "metrics.csv").write_text("step\n")
+    with pytest.raises(ValueError, match="already exists.*--resume"):
+        _trainer(tmp_path / "run", 2)
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        _trainer(tmp_path / "empty", 2, resume=True)
