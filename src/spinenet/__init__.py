@@ -6,4 +6,15 @@ from .registry import create_model, list_models
 from .specs import Architecture, BlockSpec, Scaling
 
 __version__ = "0.1.0"
-__all__ = ["Architecture", "BlockSpec", "Graph", "Scaling", "SpineNet", "create_model", "list_models", "resolve"]
+__all__ = ["Architecture", "BlockSpec", "Graph", "Scaling", "SpineNet", "create_classifier", "create_detector",
+           "create_model", "create_segmenter", "list_models", "resolve"]
+
+
+def __getattr__(name: str):
+    """Task builders load lazily so that ``import spinenet`` stays light (torchvision detection etc.)."""
+    if name in ("create_detector", "create_classifier", "create_segmenter", "list_detectors", "list_classifiers",
+                "list_segmenters"):
+        from . import models
+
+        return getattr(models, name)
+    raise AttributeError(f"module 'spinenet' has no attribute {name!r}")

@@ -22,20 +22,29 @@ def parse_size(text: str) -> tuple[int, int]:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
+    from .models import get_detector_def, list_detectors
     from .registry import get_model_def, list_models
 
     for name in list_models(args.pattern):
         d = get_model_def(name)
-        print(f"{name:22s} {d.family:7s} {d.description} (default input {d.default_size}, flavor {d.flavor})")
+        print(f"{name:30s} backbone  {d.description} (default input {d.default_size}, flavor {d.flavor})")
+    for name in list_detectors(args.pattern):
+        d = get_detector_def(name)
+        print(f"{name:30s} detector  RetinaNet on {d.backbone} (input {d.image_size})")
     return 0
 
 
 def _build(name: str, flavor: str | None):
-    """A model on the meta device from a registered name or an architecture file."""
+    """A model on the meta device from a registered name (backbone or detector) or an architecture file."""
     import os
 
+    from .models import create_detector, get_detector_def, list_detectors
     from .profile import on_meta
     from .registry import create_model, get_model_def
+
+    if name in list_detectors():
+        overrides = {"flavor": flavor} if flavor else {}
+        return on_meta(lambda: create_detector(name, **overrides)), get_detector_def(name).image_size
 
     if os.path.isfile(name):
         from .specs import Architecture
@@ -46,6 +55,10 @@ def _build(name: str, flavor: str | None):
     return on_meta(lambda: create_model(name, flavor=flavor)), get_model_def(name).default_size
 
 
+def _flavor(model) -> str:
+    return (model.graph if hasattr(model, "graph") else model.backbone.graph).flavor
+
+
 def cmd_summary(args: argparse.Namespace) -> int:
     from .profile import count_macs, count_params
     from .registry import list_models
@@ -54,8 +67,9 @@ def cmd_summary(args: argparse.Namespace) -> int:
     for name in args.models or list_models():
         model, default = _build(name, args.flavor)
         size = args.size or (default, default)
-        rows.append({"model": name, "params": count_params(model), "macs": count_macs(model, size),
-                     "size": list(size), "flavor": model.graph.flavor})
+        counted = model.macs_module() if hasattr(model, "macs_module") else model  # detectors: backbone + head
+        rows.append({"model": name, "params": count_params(model), "macs": count_macs(counted, size),
+                     "size": list(size), "flavor": _flavor(model)})
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
@@ -108,14 +122,15 @@ def _load_for_inference(path: str, device: str | None):
 def cmd_eval(args: argparse.Namespace) -> int:
     from .data import dataset_from_path
     from .data.evaluation import predictions_to_coco_results, save_results_json
-    from .tasks.detection import DETECTION_METRICS, evaluate_predictions, predict_dataset
+    from .tasks.detection import DETECTION_METRICS, evaluate_predictions, inference_size, predict_dataset
 
     model, ckpt, device = _load_for_inference(args.checkpoint, args.device)
     kwargs = {"classes": args.classes} if args.classes else {}
     dataset = dataset_from_path(args.data, **kwargs)
     if list(dataset.classes) != list(ckpt["classes"]):
         raise ValueError(f"{args.data} has classes {dataset.classes[1:]}, the checkpoint {ckpt['classes'][1:]}")
-    predictions = predict_dataset(model, dataset, device)
+    with inference_size(model, args.image_size):
+        predictions = predict_dataset(model, dataset, device)
     metrics = evaluate_predictions(predictions, dataset)
     print("  ".join(f"{k} {metrics[k]:.4f}" for k in DETECTION_METRICS))
     if args.out:
@@ -131,6 +146,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     from .data.detection import decode_image
     from .predict import draw_detections
+    from .tasks.detection import inference_size
 
     model, ckpt, device = _load_for_inference(args.checkpoint, args.device)
     out = Path(args.out)
@@ -141,7 +157,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     for image_path in args.images:
         image = decode_image(image_path)
-        with torch.no_grad():
+        with torch.no_grad(), inference_size(model, args.image_size):
             (det,) = model([image.to(device).float() / 255])
         keep = det["scores"] >= args.score_thresh
         boxes, scores, labels = det["boxes"][keep].cpu(), det["scores"][keep].cpu(), det["labels"][keep].cpu()
@@ -166,7 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_list)
 
     p = sub.add_parser("summary", help="parameters and multiply-adds per model")
-    p.add_argument("models", nargs="*", metavar="MODEL", help="registered names or spinenet-arch/1 files (default: all)")
+    p.add_argument("models", nargs="*", metavar="MODEL",
+                   help="registered backbones or detectors, or spinenet-arch/1 files (default: all backbones)")
     p.add_argument("--size", type=parse_size, help="input H or HxW (default: each model's own input size)")
     p.add_argument("--flavor", choices=("tpu", "model_garden"), help="implementation flavour (default: the model's)")
     p.add_argument("--json", action="store_true", help="print JSON rows {model, params, macs, size, flavor}")
@@ -196,6 +213,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True)
     p.add_argument("--classes", help="class mode of built-in sets, e.g. dead_alive")
     p.add_argument("--out", help="write COCO results JSON here")
+    p.add_argument("--image-size", type=int, help="resize the long side to this instead of the training size "
+                   "(e.g. the images' native size)")
     p.add_argument("--device")
     p.set_defaults(func=cmd_eval)
 
@@ -204,6 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("images", nargs="+", metavar="IMAGE")
     p.add_argument("--out", required=True, help="folder for predictions.json and drawn images")
     p.add_argument("--score-thresh", type=float, default=0.3)
+    p.add_argument("--image-size", type=int, help="resize the long side to this instead of the training size")
     p.add_argument("--device")
     p.set_defaults(func=cmd_predict)
     return parser

@@ -1,5 +1,12 @@
-"""Task models built on SpineNet backbones: RetinaNet detectors (torchvision assembly)."""
+"""Task models built on SpineNet backbones: RetinaNet detectors, classifiers, segmenters."""
 
+from .classification import (
+    SpineNetClassifier,
+    create_classifier,
+    create_classifier_from_config,
+    get_classifier_def,
+    list_classifiers,
+)
 from .detection import (
     DetectorDef,
     SpineNetRetinaNet,
@@ -9,6 +16,15 @@ from .detection import (
     get_detector_def,
     list_detectors,
 )
+from .segmentation import (
+    SpineNetSegmenter,
+    create_segmenter,
+    create_segmenter_from_config,
+    list_segmenters,
+    mean_iou,
+)
 
-__all__ = ["DetectorDef", "SpineNetRetinaNet", "create_detector", "create_detector_from_config", "detector_macs",
-           "get_detector_def", "list_detectors"]
+__all__ = ["DetectorDef", "SpineNetClassifier", "SpineNetRetinaNet", "SpineNetSegmenter", "create_classifier",
+           "create_classifier_from_config", "create_detector", "create_detector_from_config", "create_segmenter",
+           "create_segmenter_from_config", "detector_macs", "get_classifier_def", "get_detector_def",
+           "list_classifiers", "list_detectors", "list_segmenters", "mean_iou"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import torch
@@ -31,10 +32,12 @@ class DetectionTask:
         self.classes = classes  # e.g. "dead_alive" for the SOAP tree set
 
     # -------------------------------------------------------------------------------------------- datasets
-    def _open(self, path: str, classes: list[str] | None = None):
+    def _open(self, path: str, classes: list[str] | None = None, tile_size: int | None = None):
         from ..data import dataset_from_path
 
         kwargs: dict[str, Any] = {}
+        if path.startswith("trees:") and tile_size and path.split(":", 1)[1].startswith("yell"):
+            kwargs["tile_size"] = tile_size  # tiles at the model's input size: trees stay at native resolution
         if path.startswith("trees:") and self.classes:
             kwargs["classes"] = self.classes
         elif classes is not None and not path.startswith("trees:") and not path.endswith(".json"):
@@ -42,8 +45,12 @@ class DetectionTask:
         return dataset_from_path(path, **kwargs)
 
     def build_datasets(self, recipe: Recipe) -> tuple[Dataset, Dataset | None]:
-        train = self._open(self.data)
-        val = self._open(self.val_data, list(train.classes)) if self.val_data else None
+        tile = recipe.extra.get("tile_size")
+        tile = int(tile) if tile else None
+        train = self._open(self.data, tile_size=tile)
+        val_tile = recipe.extra.get("val_tile_size", recipe.extra.get("tile_size"))
+        val = (self._open(self.val_data, list(train.classes), tile_size=int(val_tile) if val_tile else None)
+               if self.val_data else None)
         if val is not None and list(val.classes) != list(train.classes):
             raise ValueError(f"--val-data classes {val.classes[1:]} differ from --data classes {train.classes[1:]}")
         return train, val
@@ -87,8 +94,26 @@ class DetectionTask:
     # ------------------------------------------------------------------------------------------ evaluation
     def evaluate(self, model: nn.Module, dataset: Dataset, device: torch.device, recipe: Recipe | None = None,
                  batch_size: int = 4) -> dict[str, float]:
-        predictions = predict_dataset(model, dataset, device, batch_size)
+        size = recipe.extra.get("eval_image_size") if recipe is not None else None
+        with inference_size(model, int(size) if size else None):
+            predictions = predict_dataset(model, dataset, device, batch_size)
         return evaluate_predictions(predictions, dataset)
+
+
+@contextlib.contextmanager
+def inference_size(model: nn.Module, size: int | None):
+    """Temporarily resize inputs' long side to ``size`` instead of the model's ``image_size`` (e.g. to run at the
+    images' native resolution); ``None`` changes nothing."""
+    if size is None:
+        yield model
+        return
+    transform = model.transform
+    saved = transform.min_size, transform.max_size
+    transform.min_size, transform.max_size = (size,), size
+    try:
+        yield model
+    finally:
+        transform.min_size, transform.max_size = saved
 
 
 def predict_dataset(model: nn.Module, dataset: Dataset, device: torch.device, batch_size: int = 4) -> dict[int, dict]:
