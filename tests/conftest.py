@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("SPINENET_SHARED", REPO.parent / "shared"))
@@ -40,3 +41,12 @@ def assert_parity(out: np.ndarray, ref: np.ndarray, name: str, tol: float = 1e-4
     err = float(np.abs(out.astype(np.float64) - ref.astype(np.float64)).max())
     assert err <= tol * scale, f"{name}: max|out-ref| = {err:.3g} > {tol} * max|ref| = {tol * scale:.3g}"
     return err / scale
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny convolutions run far faster on one thread when the 2 cores are shared (no OpenMP barrier waits)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

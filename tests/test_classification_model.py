@@ -25,13 +25,7 @@ FIXTURE_SCALING = {"filter_size_scale": 0.125, "endpoints_num_filters": 32, "res
 TINY = {"filter_size_scale": 0.125, "endpoints_num_filters": 16}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small convs on a shared 2-core machine run ~50x faster on one thread (no OpenMP barrier waits)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny(num_classes: int = 10, **kwargs) -> SpineNetClassifier:

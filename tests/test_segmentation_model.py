@@ -20,13 +20,7 @@ from spinenet.profile import count_params, on_meta
 TINY = {"filter_size_scale": 0.125, "endpoints_num_filters": 16, "head_width": 16}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small convs on a shared 2-core machine run ~50x faster on one thread (no OpenMP barrier waits)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny(num_classes: int = 5, **kwargs) -> SpineNetSegmenter:

@@ -32,6 +32,31 @@ class ModelDef:
 _REGISTRY: dict[str, ModelDef] = {}
 
 
+class Table:
+    """A named table of frozen definitions (detectors, classifiers, segmenters): register once, list, look up."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self.rows: dict[str, Any] = {}
+
+    def register(self, defn: Any) -> Any:
+        if defn.name in self.rows:
+            raise ValueError(f"{self.kind} {defn.name!r} is already registered")
+        get_model_def(defn.backbone)  # fail at import time on a backbone typo
+        self.rows[defn.name] = defn
+        return defn
+
+    def names(self, pattern: str | None = None) -> list[str]:
+        """Names in table order, optionally filtered by a shell-style pattern."""
+        return [n for n in self.rows if pattern is None or fnmatch.fnmatch(n, pattern)]
+
+    def get(self, name: str) -> Any:
+        try:
+            return self.rows[name]
+        except KeyError:
+            raise ValueError(f"unknown {self.kind} {name!r}; known: {', '.join(self.names())}") from None
+
+
 def register(defn: ModelDef) -> ModelDef:
     if defn.name in _REGISTRY:
         raise ValueError(f"model {defn.name!r} is already registered")

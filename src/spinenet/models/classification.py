@@ -24,7 +24,6 @@ resizing to 224 belong to the data pipeline. Build with ``normalize=False`` to f
 
 from __future__ import annotations
 
-import fnmatch
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
@@ -34,7 +33,7 @@ from torch import nn
 
 from ..backbone import SpineNet
 from ..layers import resize_nearest
-from ..registry import config_to_json, get_model_def, resolve_config
+from ..registry import Table, config_to_json, get_model_def, resolve_config
 from .detection import _backbone_from_json
 
 CLASSIFIER_FORMAT = "spinenet-classifier/1"
@@ -56,15 +55,12 @@ class ClassifierDef:
     description: str = ""
 
 
-_CLASSIFIERS: dict[str, ClassifierDef] = {}
+_CLASSIFIERS = Table("classifier")
+
 
 
 def register_classifier(defn: ClassifierDef) -> ClassifierDef:
-    if defn.name in _CLASSIFIERS:
-        raise ValueError(f"classifier {defn.name!r} is already registered")
-    get_model_def(defn.backbone)  # fail at import time on a typo
-    _CLASSIFIERS[defn.name] = defn
-    return defn
+    return _CLASSIFIERS.register(defn)
 
 
 # The official ImageNet classifiers (49/96/143/190, TPU-zoo), 49S (same head on the 0.65 scaling) and the
@@ -77,14 +73,11 @@ for _backbone in ("spinenet49s", "spinenet49", "spinenet96", "spinenet143", "spi
 
 def list_classifiers(pattern: str | None = None) -> list[str]:
     """Registered classifier names (the backbone names) in table order, optionally filtered by a shell pattern."""
-    return [n for n in _CLASSIFIERS if pattern is None or fnmatch.fnmatch(n, pattern)]
+    return _CLASSIFIERS.names(pattern)
 
 
 def get_classifier_def(name: str) -> ClassifierDef:
-    try:
-        return _CLASSIFIERS[name]
-    except KeyError:
-        raise ValueError(f"unknown classifier {name!r}; known: {', '.join(list_classifiers())}") from None
+    return _CLASSIFIERS.get(name)
 
 
 # ------------------------------------------------------------------------------------------------ shared pieces

@@ -25,7 +25,6 @@ anchor overlaps another box more.
 
 from __future__ import annotations
 
-import fnmatch
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -36,7 +35,7 @@ from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import batched_nms, box_iou, clip_boxes_to_image
 
 from ..backbone import SpineNet
-from ..registry import build_from_config, config_to_json, get_model_def, resolve_config
+from ..registry import Table, build_from_config, config_to_json, get_model_def, resolve_config
 from ..specs import Architecture, Scaling
 from .anchors import MultilevelAnchors
 from .box_coder import BoxCoder
@@ -74,15 +73,12 @@ class DetectorDef:
     description: str = ""
 
 
-_DETECTORS: dict[str, DetectorDef] = {}
+_DETECTORS = Table("detector")
+
 
 
 def register_detector(defn: DetectorDef) -> DetectorDef:
-    if defn.name in _DETECTORS:
-        raise ValueError(f"detector {defn.name!r} is already registered")
-    get_model_def(defn.backbone)  # fail at import time on a typo
-    _DETECTORS[defn.name] = defn
-    return defn
+    return _DETECTORS.register(defn)
 
 
 for _row in (
@@ -101,14 +97,11 @@ for _row in (
 
 def list_detectors(pattern: str | None = None) -> list[str]:
     """Registered detector names in table order, optionally filtered by a shell pattern (``"*mobile*"``)."""
-    return [n for n in _DETECTORS if pattern is None or fnmatch.fnmatch(n, pattern)]
+    return _DETECTORS.names(pattern)
 
 
 def get_detector_def(name: str) -> DetectorDef:
-    try:
-        return _DETECTORS[name]
-    except KeyError:
-        raise ValueError(f"unknown detector {name!r}; known: {', '.join(list_detectors())}") from None
+    return _DETECTORS.get(name)
 
 
 def select_detections(boxes: torch.Tensor, scores: torch.Tensor, score_thresh: float, nms_thresh: float,

@@ -20,7 +20,6 @@ stochastic depth defaults to 0.
 from __future__ import annotations
 
 import colorsys
-import fnmatch
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
@@ -32,7 +31,7 @@ from torch import nn
 
 from ..backbone import SpineNet, init_weights
 from ..layers import ConvNormAct, get_activation, make_norm
-from ..registry import config_to_json, get_model_def
+from ..registry import Table, config_to_json, get_model_def
 from .classification import (CLASSIFIER_BACKBONE_DEFAULTS, InputNormalize, as_image_batch, backbone_config,
                              normalize_json)
 from .detection import _backbone_from_json
@@ -56,15 +55,12 @@ class SegmenterDef:
     description: str = ""
 
 
-_SEGMENTERS: dict[str, SegmenterDef] = {}
+_SEGMENTERS = Table("segmenter")
+
 
 
 def register_segmenter(defn: SegmenterDef) -> SegmenterDef:
-    if defn.name in _SEGMENTERS:
-        raise ValueError(f"segmenter {defn.name!r} is already registered")
-    get_model_def(defn.backbone)
-    _SEGMENTERS[defn.name] = defn
-    return defn
+    return _SEGMENTERS.register(defn)
 
 
 for _name, _width in (("spinenet49s", 64), ("spinenet49", 128), ("spinenet96", 128), ("spinenet143", 128),
@@ -76,14 +72,11 @@ for _name, _width in (("spinenet49s", 64), ("spinenet49", 128), ("spinenet96", 1
 
 def list_segmenters(pattern: str | None = None) -> list[str]:
     """Registered segmenter names (the backbone names), optionally filtered by a shell pattern."""
-    return [n for n in _SEGMENTERS if pattern is None or fnmatch.fnmatch(n, pattern)]
+    return _SEGMENTERS.names(pattern)
 
 
 def get_segmenter_def(name: str) -> SegmenterDef:
-    try:
-        return _SEGMENTERS[name]
-    except KeyError:
-        raise ValueError(f"unknown segmenter {name!r}; known: {', '.join(list_segmenters())}") from None
+    return _SEGMENTERS.get(name)
 
 
 # --------------------------------------------------------------------------------------------------- the model
