@@ -9,7 +9,6 @@ minimal writer at the bottom of this file.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import struct
 from functools import cache

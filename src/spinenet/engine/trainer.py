@@ -177,24 +177,29 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------------ logging
     def _log(self, row: dict[str, Any]) -> None:
+        """Append a row to metrics.csv; the file is rewritten only when a new column appears (e.g. val_AP50)."""
         if not self.dist.is_main:
             return
         path = self.out / "metrics.csv"
-        fieldnames = ["step", "lr", "loss", "images_per_s"] + sorted(k for k in row if k not in
-                                                                     ("step", "lr", "loss", "images_per_s"))
-        rows: list[dict[str, Any]] = []
+        header: list[str] = []
         if path.exists():
             with open(path, newline="") as fh:
-                rows = [r for r in csv.DictReader(fh)]
-            for r in rows:
-                fieldnames += [k for k in r if k not in fieldnames]
-        rows.append({k: row.get(k, "") for k in fieldnames})
-        tmp = path.with_name(".metrics.csv.tmp")
-        with open(tmp, "w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=fieldnames)
-            writer.writeheader()
-            writer.writerows(rows)
-        os.replace(tmp, path)
+                header = next(csv.reader(fh), [])
+        new = [k for k in ("step", "lr", "loss", "images_per_s", *sorted(row)) if k not in header]
+        if not header or new:
+            rows: list[dict[str, Any]] = []
+            if header:
+                with open(path, newline="") as fh:
+                    rows = list(csv.DictReader(fh))
+            header += list(dict.fromkeys(new))
+            tmp = path.with_name(".metrics.csv.tmp")
+            with open(tmp, "w", newline="") as fh:
+                writer = csv.DictWriter(fh, fieldnames=header)
+                writer.writeheader()
+                writer.writerows(rows)
+            os.replace(tmp, path)
+        with open(path, "a", newline="") as fh:
+            csv.DictWriter(fh, fieldnames=header).writerow({k: row.get(k, "") for k in header})
         if self.tb is not None:
             for k, v in row.items():
                 if k != "step" and isinstance(v, (int, float)):

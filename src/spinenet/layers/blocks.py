@@ -6,7 +6,7 @@ import torch
 from torch import nn
 from torchvision.ops import StochasticDepth
 
-from .ops import Conv2d, ConvNormAct, HardSigmoid, NormLayer, get_activation
+from .ops import ConvNormAct, HardSigmoid, NormLayer, get_activation
 
 
 class Bottleneck(nn.Module):

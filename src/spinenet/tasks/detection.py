@@ -37,7 +37,7 @@ class DetectionTask:
 
         kwargs: dict[str, Any] = {}
         if path.startswith("trees:") and tile_size and path.split(":", 1)[1].startswith("yell"):
-            kwargs["tile_size"] = tile_size  # tiles at the model's input size: trees stay at native resolution
+            kwargs["tile_size"] = tile_size  # recipe field tile_size=N (default: the sets' 400 px tiles)
         if path.startswith("trees:") and self.classes:
             kwargs["classes"] = self.classes
         elif classes is not None and not path.startswith("trees:") and not path.endswith(".json"):
