@@ -10,7 +10,7 @@ OUT    ?= out
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[test]'
-	$(BIN)/python -m pip install --quiet --no-deps -c constraints.txt deepforest
+	$(BIN)/python -m pip install --quiet --no-deps -c constraints.txt deepforest stardist
 	touch $(STAMP)
 
 setup: $(STAMP)
