@@ -26,7 +26,8 @@ from spinenet.data import (
     eval_transforms,
     train_transforms,
 )
-from spinenet.data.transforms import RandomHorizontalFlip, ScaleJitterCrop
+from spinenet.data.transforms import (ColorJitter, RandomHorizontalFlip, RandomTranspose, RandomVerticalFlip,
+                                      ScaleJitterCrop)
 
 
 # ---- helpers ----------------------------------------------------------------------------------------------
@@ -400,6 +401,35 @@ def test_flip_hand_checked() -> None:
     assert _bright_extent(out) == [140, 10, 180, 30]
     same, kept = RandomHorizontalFlip(p=0.0)(image, _target([[20, 10, 60, 30]]))
     assert same is image and kept["boxes"].tolist() == [[20, 10, 60, 30]]
+
+
+def test_vertical_flip_and_transpose_hand_checked() -> None:
+    image = _painted(100, 200, (20, 10, 60, 30))
+    masks = (image[:1] > 0).to(torch.uint8)
+    out, target = RandomVerticalFlip(p=1.0)(image, _target([[20, 10, 60, 30]], masks=masks))
+    torch.testing.assert_close(target["boxes"], torch.tensor([[20.0, 70, 60, 90]]))
+    assert _bright_extent(out) == [20, 70, 60, 90]
+    assert _bright_extent(target["masks"].expand(3, -1, -1) * 255) == [20, 70, 60, 90]
+    out, target = RandomTranspose(p=1.0)(image, _target([[20, 10, 60, 30]], masks=masks))
+    assert tuple(out.shape) == (3, 200, 100) and tuple(target["masks"].shape) == (1, 200, 100)
+    torch.testing.assert_close(target["boxes"], torch.tensor([[10.0, 20, 30, 60]]))
+    assert _bright_extent(out) == [10, 20, 30, 60]
+    # transpose then vertical flip = a 90 degree rotation: matches torch.rot90 pixel for pixel
+    rotated, target = RandomVerticalFlip(p=1.0)(*RandomTranspose(p=1.0)(image, _target([[20, 10, 60, 30]])))
+    assert torch.equal(rotated, torch.rot90(image, 1, dims=(-2, -1)))
+    assert _bright_extent(rotated) == [int(v) for v in target["boxes"][0].tolist()]
+
+
+def test_color_jitter_keeps_boxes_and_range() -> None:
+    image = torch.randint(0, 256, (3, 40, 50), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    gen = torch.Generator().manual_seed(1)
+    out, target = ColorJitter(0.4, gen)(image, _target([[1, 2, 3, 4]]))
+    assert out.dtype == torch.uint8 and out.shape == image.shape and not torch.equal(out, image)
+    assert target["boxes"].tolist() == [[1, 2, 3, 4]]
+    same, _ = ColorJitter(0.0, gen)(image, _target([[1, 2, 3, 4]]))
+    assert same is image
+    with pytest.raises(ValueError, match="colour jitter"):
+        ColorJitter(1.5)
 
 
 def test_scale_jitter_resize_only_hand_checked() -> None:

@@ -23,8 +23,11 @@ import torch
 from torchvision.transforms.v2 import functional as F
 
 __all__ = [
+    "ColorJitter",
     "Compose",
     "RandomHorizontalFlip",
+    "RandomTranspose",
+    "RandomVerticalFlip",
     "ScaleJitterCrop",
     "eval_transforms",
     "filter_boxes",
@@ -80,10 +83,87 @@ class RandomHorizontalFlip:
         width = image.shape[-1]
         boxes = target["boxes"]
         flipped = torch.stack([width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0], boxes[:, 3]], dim=1)
-        return image.flip(-1), {**target, "boxes": flipped.reshape(-1, 4)}
+        return image.flip(-1), _with_masks({**target, "boxes": flipped.reshape(-1, 4)}, lambda m: m.flip(-1))
 
     def __repr__(self) -> str:
         return f"RandomHorizontalFlip(p={self.p})"
+
+
+def _with_masks(target: Target, op: Callable[[torch.Tensor], torch.Tensor]) -> Target:
+    """Apply the image's geometric ``op`` to instance masks ``[N, H, W]`` too, when the target has them."""
+    if isinstance(target.get("masks"), torch.Tensor):
+        target["masks"] = op(target["masks"])
+    return target
+
+
+class RandomVerticalFlip:
+    """Mirror the image top-bottom with probability ``p``; ``y1' = H - y2``, ``y2' = H - y1``.
+
+    Not part of the official (street-photo) COCO pipeline; for overhead imagery (aerial, microscopy) the
+    vertical direction carries no meaning, and together with :class:`RandomTranspose` and the horizontal flip
+    (each at ``p = 0.5``) every one of the 8 rotations / reflections of the square is equally likely.
+    """
+
+    def __init__(self, p: float = 0.5, generator: torch.Generator | None = None) -> None:
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"flip probability must be in [0, 1], got {p}")
+        self.p, self.generator = p, generator
+
+    def __call__(self, image: torch.Tensor, target: Target) -> tuple[torch.Tensor, Target]:
+        if float(torch.rand((), generator=self.generator)) >= self.p:
+            return image, target
+        height = image.shape[-2]
+        boxes = target["boxes"]
+        flipped = torch.stack([boxes[:, 0], height - boxes[:, 3], boxes[:, 2], height - boxes[:, 1]], dim=1)
+        return image.flip(-2), _with_masks({**target, "boxes": flipped.reshape(-1, 4)}, lambda m: m.flip(-2))
+
+    def __repr__(self) -> str:
+        return f"RandomVerticalFlip(p={self.p})"
+
+
+class RandomTranspose:
+    """Swap the image axes (``x <-> y``) with probability ``p``; a transpose followed by a flip is a 90 degree
+    rotation (see :class:`RandomVerticalFlip` for when to use it)."""
+
+    def __init__(self, p: float = 0.5, generator: torch.Generator | None = None) -> None:
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"transpose probability must be in [0, 1], got {p}")
+        self.p, self.generator = p, generator
+
+    def __call__(self, image: torch.Tensor, target: Target) -> tuple[torch.Tensor, Target]:
+        if float(torch.rand((), generator=self.generator)) >= self.p:
+            return image, target
+        boxes = target["boxes"].reshape(-1, 4)[:, [1, 0, 3, 2]]
+        swap = lambda t: t.transpose(-2, -1).contiguous()  # noqa: E731
+        return swap(image), _with_masks({**target, "boxes": boxes}, swap)
+
+    def __repr__(self) -> str:
+        return f"RandomTranspose(p={self.p})"
+
+
+class ColorJitter:
+    """Random brightness, contrast and saturation factors, each drawn from ``U[1 - strength, 1 + strength]``.
+
+    Not in the official pipeline; it helps a detector trained on one site transfer to another (different light
+    and season). ``strength = 0`` leaves the image unchanged (the draws still happen, so the random stream does
+    not depend on it)."""
+
+    def __init__(self, strength: float = 0.2, generator: torch.Generator | None = None) -> None:
+        if not 0.0 <= strength < 1.0:
+            raise ValueError(f"colour jitter strength must be in [0, 1), got {strength}")
+        self.strength, self.generator = strength, generator
+
+    def __call__(self, image: torch.Tensor, target: Target) -> tuple[torch.Tensor, Target]:
+        factors = [_uniform(self.generator, 1 - self.strength, 1 + self.strength) for _ in range(3)]
+        if self.strength == 0.0:
+            return image, target
+        image = F.adjust_brightness(image, factors[0])
+        image = F.adjust_contrast(image, factors[1])
+        image = F.adjust_saturation(image, factors[2])
+        return image, target
+
+    def __repr__(self) -> str:
+        return f"ColorJitter(strength={self.strength})"
 
 
 class ScaleJitterCrop:

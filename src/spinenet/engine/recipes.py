@@ -31,6 +31,9 @@ class Recipe:
     scale_min: float = 0.5  # scale jitter range of the training augmentation
     scale_max: float = 2.0
     hflip: float = 0.5
+    vflip: float = 0.0  # overhead imagery: with hflip = vflip = transpose = 0.5 all 8 square symmetries
+    transpose: float = 0.0
+    color_jitter: float = 0.0  # brightness / contrast / saturation factors in [1 - c, 1 + c]
     activation: str = "relu"
     stochastic_depth_rate: float = 0.0
     bn_momentum: float | None = None  # PyTorch convention; None = the flavour's default

@@ -56,12 +56,20 @@ class DetectionTask:
         return train, val
 
     def train_transform(self, recipe: Recipe):
-        from ..data.transforms import Compose, RandomHorizontalFlip, ScaleJitterCrop
+        from ..data.transforms import (ColorJitter, Compose, RandomHorizontalFlip, RandomTranspose,
+                                       RandomVerticalFlip, ScaleJitterCrop)
 
         def transform(image: torch.Tensor, target: dict, generator: torch.Generator):
-            return Compose([RandomHorizontalFlip(recipe.hflip, generator),
-                            ScaleJitterCrop(recipe.image_size, (recipe.scale_min, recipe.scale_max), generator)])(
-                image, target)
+            steps = [RandomHorizontalFlip(recipe.hflip, generator)]
+            # The optional steps only join when enabled, so recipes without them keep their random stream.
+            if recipe.vflip > 0:
+                steps.append(RandomVerticalFlip(recipe.vflip, generator))
+            if recipe.transpose > 0:
+                steps.append(RandomTranspose(recipe.transpose, generator))
+            if recipe.color_jitter > 0:
+                steps.append(ColorJitter(recipe.color_jitter, generator))
+            steps.append(ScaleJitterCrop(recipe.image_size, (recipe.scale_min, recipe.scale_max), generator))
+            return Compose(steps)(image, target)
 
         return transform
 
