@@ -358,6 +358,19 @@ def test_dataset_from_path_dispatch(tmp_path: Path) -> None:
         dataset_from_path("trees:nope")
 
 
+def test_dataset_slice_suffix(tmp_path: Path) -> None:
+    root = voc_root(tmp_path / "voc")
+    full = dataset_from_path(root)
+    part = dataset_from_path(f"{root}[1:3]")
+    assert len(part) == 2 and part.classes == full.classes
+    assert [t["image_id"] for _, t in (part[0], part[1])] == [full[1][1]["image_id"], full[2][1]["image_id"]]
+    assert part.stats["images"] == 2 and part.stats["boxes"] == sum(len(r.boxes) for r in full.records[1:3])
+    assert len(dataset_from_path(f"{root}[:-1]")) == len(full) - 1
+    assert [img["id"] for img in part.to_coco()["images"]] == [r.image_id for r in full.records[1:3]]
+    with pytest.raises(ValueError, match=r"\[5:\] selects no images"):
+        dataset_from_path(f"{root}[5:]")
+
+
 def test_collate_and_dataloader(tmp_path: Path) -> None:
     ds = VOCDetection(voc_root(tmp_path / "voc"))
     images, targets = collate_detection([ds[0], ds[2]])

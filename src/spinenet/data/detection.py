@@ -35,6 +35,7 @@ import copy
 import json
 import math
 import os
+import re
 import warnings
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
@@ -192,6 +193,16 @@ class DetectionDataset(Dataset):
     # -- samples --
     def __len__(self) -> int:
         return len(self.records)
+
+    def subset(self, selection: slice) -> "DetectionDataset":
+        """The same dataset restricted to ``records[selection]`` (classes and label maps unchanged)."""
+        out = copy.copy(self)
+        out.records = self.records[selection]
+        out.stats = {**self.stats, "images": len(out.records), "boxes": int(sum(len(r.boxes) for r in out.records)),
+                     "empty_images": int(sum(len(r.boxes) == 0 for r in out.records))}
+        out._unreadable, out._size_warned = set(), set()
+        out.name = f"{self.name}[{_slice_text(selection)}]"
+        return out
 
     def load_image(self, record: ImageRecord) -> torch.Tensor:
         """Decode the record's pixels (``uint8 [3, H, W]``); may raise PIL's decode errors."""
@@ -642,6 +653,13 @@ def _voc_record(
 
 
 # ---- one entry point --------------------------------------------------------------------------------------
+_SLICE_SUFFIX = re.compile(r"(?P<path>.+)\[(?P<start>-?\d*):(?P<stop>-?\d*)\]")
+
+
+def _slice_text(selection: slice) -> str:
+    return f"{'' if selection.start is None else selection.start}:{'' if selection.stop is None else selection.stop}"
+
+
 def dataset_from_path(path: str | os.PathLike[str], split: str | None = None, **kwargs: Any) -> DetectionDataset:
     """Open a detection dataset from a path or a built-in name.
 
@@ -653,9 +671,18 @@ def dataset_from_path(path: str | os.PathLike[str], split: str | None = None, **
     * a COCO root with ``annotations/instances_<split>.json`` -> :class:`CocoDetection` with images in
       ``<root>/<split>/`` (the MS-COCO 2017 layout, e.g. ``split="val2017"``).
 
-    Extra keyword arguments go to the dataset constructor (``transforms``, ``classes``, ``image_root``, ...).
+    A ``[start:stop]`` suffix keeps that slice of the images (in the dataset's order), e.g.
+    ``"trees:yell-val[:2]"`` for the first two tiles. Extra keyword arguments go to the dataset constructor
+    (``transforms``, ``classes``, ``image_root``, ...).
     """
     text = os.fspath(path)
+    sliced = _SLICE_SUFFIX.fullmatch(text)
+    if sliced:
+        selection = slice(*(int(v) if v else None for v in (sliced["start"], sliced["stop"])))
+        dataset = dataset_from_path(sliced["path"], split, **kwargs).subset(selection)
+        if not len(dataset):
+            raise ValueError(f"{text}: the slice [{_slice_text(selection)}] selects no images")
+        return dataset
     if text.startswith("trees:"):
         from .trees import trees_dataset
 
