@@ -192,7 +192,10 @@ def cmd_convert(args: argparse.Namespace) -> int:
     print(f"{s['task']} {s['model']} from {s['source']} checkpoint {result.checkpoint}: "
           f"activation={s.get('activation') or 'default'} bn_eps={s.get('bn_eps')} bn_momentum={s.get('bn_momentum')}")
     print(result.report.summary())
-    for key in result.report.unused[:10]:
+    slots = [k for k in result.report.unused if k.rsplit("/", 1)[-1] in ("Momentum", "ExponentialMovingAverage")]
+    if slots:
+        print(f"  of the unused: {len(slots)} optimizer/moving-average slots (e.g. {slots[0]})")
+    for key in [k for k in result.report.unused if k not in set(slots)][:10]:
         print(f"  unused: {key}")
     print(f"wrote {result.path}")
     return 0

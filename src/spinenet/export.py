@@ -28,8 +28,6 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
-from typing import Any
-
 import torch
 from torch import nn
 from torchvision.ops import nms
@@ -227,7 +225,8 @@ def export(model: str | nn.Module, output: str | os.PathLike, fmt: str = "onnx",
     return out
 
 
-def describe(task: str, size: tuple[int, int], wrapper: Any | None = None) -> str:
+def describe(task: str, size: tuple[int, int]) -> str:
+    """One line for the CLI: what was exported and what it returns."""
     outputs = {"backbone": "p3..p7 endpoints", "classification": "logits",
                "retinanet": "boxes [N,D,4] xyxy px, scores [N,D], labels [N,D]"}[task]
     return f"{task} at {size[0]}x{size[1]} (batch dynamic) -> {outputs}"
