@@ -141,7 +141,7 @@ def build_from_config(cfg: dict[str, Any]) -> SpineNet:
     return model
 
 
-def create_model(name: str, weights: str | None = None, **overrides: Any) -> SpineNet:
+def create_model(name: str, *, weights: str | None = None, **overrides: Any) -> SpineNet:
     """Build a registered SpineNet backbone (paper section 3; scaling rules section 3.4).
 
     Overrides: ``flavor`` ("tpu": the TF1 code behind the paper's checkpoints, default for ResNet blocks;
