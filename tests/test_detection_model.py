@@ -110,7 +110,7 @@ def test_user_errors():
         create_detector("retinanet_spinenet49", head_widht=3)
     with pytest.raises(ValueError, match="num_classes"):
         create_detector("retinanet_spinenet49", num_classes=1)
-    with pytest.raises(NotImplementedError, match="weights"):
+    with pytest.raises(FileNotFoundError, match="x.pt"):
         create_detector("retinanet_spinenet49", weights="x.pt")
     with pytest.raises(ValueError, match="format"):
         create_detector_from_config({"name": "retinanet_spinenet49"})

@@ -174,6 +174,42 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_convert(args: argparse.Namespace) -> int:
+    from .convert.api import convert_checkpoint, parse_set
+    from .convert.presets import PRESETS
+
+    if args.list_presets:
+        for p in PRESETS.values():
+            mark = "verified" if p.verified else ("not supported" if not p.supported else "unverified")
+            print(f"{p.name:26s} {p.source:12s} {p.task:14s} {p.model:30s} {mark:13s} {p.metric}")
+        return 0
+    if not args.checkpoint or not args.output:
+        raise ValueError("give CKPT and -o OUT.safetensors (or --list-presets)")
+    result = convert_checkpoint(args.checkpoint, args.output, source=args.source, model=args.model, task=args.task,
+                                num_classes=args.num_classes, activation=args.activation, bn_eps=args.bn_eps,
+                                overrides=parse_set(args.set), preset=args.preset)
+    s = result.settings
+    print(f"{s['task']} {s['model']} from {s['source']} checkpoint {result.checkpoint}: "
+          f"activation={s.get('activation') or 'default'} bn_eps={s.get('bn_eps')} bn_momentum={s.get('bn_momentum')}")
+    print(result.report.summary())
+    slots = [k for k in result.report.unused if k.rsplit("/", 1)[-1] in ("Momentum", "ExponentialMovingAverage")]
+    if slots:
+        print(f"  of the unused: {len(slots)} optimizer/moving-average slots (e.g. {slots[0]})")
+    for key in [k for k in result.report.unused if k not in set(slots)][:10]:
+        print(f"  unused: {key}")
+    print(f"wrote {result.path}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .export import describe, export, load_for_export
+
+    net, task, size = load_for_export(args.model, args.size)
+    path = export(net, args.output, args.format, size, task=task, pre_nms_top_k=args.pre_nms_top_k)
+    print(f"exported {describe(task, size)} to {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="spinenet", description="SpineNet backbones in PyTorch.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -228,6 +264,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-size", type=int, help="resize the long side to this instead of the training size")
     p.add_argument("--device")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("convert", help="convert an official TensorFlow checkpoint to .safetensors (no TensorFlow)",
+                       description="Convert a TF1 (tensorflow/tpu) or Model Garden SpineNet checkpoint. CKPT is a "
+                       "checkpoint prefix, its .index file, a folder or the released .tar.gz. Every tensor must map "
+                       "(missing tensors or shape mismatches fail and write nothing); the output's metadata holds the "
+                       "full model configuration. Mask R-CNN checkpoints convert as backbones (--task backbone) "
+                       "for now. See docs/weights.md.")
+    p.add_argument("checkpoint", nargs="?", metavar="CKPT")
+    p.add_argument("-o", "--output", metavar="OUT.safetensors")
+    p.add_argument("--preset", help="a released checkpoint's settings (spinenet convert --list-presets)")
+    p.add_argument("--list-presets", action="store_true", help="print the presets and exit")
+    p.add_argument("--source", choices=("tpu", "model_garden"), help="which official code wrote CKPT")
+    p.add_argument("--model", help="backbone, detector or classifier name (e.g. spinenet49, retinanet_spinenet49)")
+    p.add_argument("--task", choices=("backbone", "retinanet", "classification"),
+                   help="what CKPT holds (default backbone; a detector/classifier checkpoint converts to its "
+                   "backbone with --task backbone)")
+    p.add_argument("--num-classes", type=int, help="logits of the checkpoint's head (COCO 91, ImageNet 1001)")
+    p.add_argument("--activation", choices=("relu", "swish", "hard_swish"),
+                   help="the activation the checkpoint was trained with (protocol B relu, '-best' swish)")
+    p.add_argument("--bn-eps", type=float, help="BatchNorm epsilon (default per source/task: TF1 1e-4, TF1 "
+                   "classifier 1e-5, Model Garden 1e-3)")
+    p.add_argument("--set", action="append", metavar="key=value",
+                   help="builder override, repeatable (filter_size_scale=0.125, head_width=32, image_size=256, ...)")
+    p.set_defaults(func=cmd_convert)
+
+    p = sub.add_parser("export", help="export a model to ONNX or a torch.export program (fixed size, dynamic batch)")
+    p.add_argument("model", metavar="MODEL|WEIGHTS", help="registered backbone/detector name or a .safetensors file")
+    p.add_argument("--format", choices=("onnx", "exported-program"), default="onnx")
+    p.add_argument("--size", type=parse_size, help="input HxW fixed in the export (default: the model's size)")
+    p.add_argument("--pre-nms-top-k", type=int, default=1000,
+                   help="detector: candidates per image entering NMS (static shape; see docs/weights.md)")
+    p.add_argument("-o", "--output", required=True, help="output .onnx or .pt2")
+    p.set_defaults(func=cmd_export)
     return parser
 
 

@@ -141,7 +141,7 @@ def build_from_config(cfg: dict[str, Any]) -> SpineNet:
     return model
 
 
-def create_model(name: str, **overrides: Any) -> SpineNet:
+def create_model(name: str, *, weights: str | None = None, **overrides: Any) -> SpineNet:
     """Build a registered SpineNet backbone (paper section 3; scaling rules section 3.4).
 
     Overrides: ``flavor`` ("tpu": the TF1 code behind the paper's checkpoints, default for ResNet blocks;
@@ -150,7 +150,15 @@ def create_model(name: str, **overrides: Any) -> SpineNet:
     field (``filter_size_scale``, ``endpoints_num_filters``, ``resample_alpha``, ``block_repeats``; mobile also
     ``se_ratio``, ``expand_ratio``) and ``block_specs`` (an :class:`~spinenet.specs.Architecture`, a path to a
     ``spinenet-arch/1`` file, a mapping or a list of ``(level, block_fn, input_offsets, is_output)``).
+
+    ``weights``: a ``spinenet-weights/1`` safetensors file (``spinenet convert``; a backbone, detector or classifier
+    file, whose backbone is taken): the model is rebuilt from the configuration saved in it and loaded; overrides
+    that would change the saved tensors' meaning raise ``ValueError`` (see :mod:`spinenet.convert.weights`).
     """
+    if weights is not None:
+        from .convert.weights import load_backbone
+
+        return load_backbone(name, weights, **overrides)
     return build_from_config(resolve_config(name, **overrides))
 
 

@@ -56,6 +56,12 @@ def apply_tf_weights(module: nn.Module, ckpt: TFCheckpoint | str | os.PathLike, 
             report.missing.append(f"{m.tf_key} (for {m.torch_key})")
             continue
         array = TRANSFORMS[m.transform](np.asarray(ckpt.read(m.tf_key)))
+        if m.channel_order is not None:
+            if len(m.channel_order) != array.shape[0]:
+                report.mismatched.append(f"{m.tf_key} {tuple(array.shape)}: {len(m.channel_order)} channels expected "
+                                         f"by the anchor order (for {m.torch_key})")
+                continue
+            array = array[list(m.channel_order)]
         target = state[m.torch_key]
         if tuple(array.shape) != tuple(target.shape):
             report.mismatched.append(f"{m.tf_key} {tuple(array.shape)} -> {m.torch_key} {tuple(target.shape)}")

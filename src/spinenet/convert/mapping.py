@@ -29,6 +29,9 @@ class TensorMap:
     torch_key: str
     tf_key: str
     transform: str  # "conv" (HWIO -> OIHW), "depthwise" (HWI1 -> I1HW), "dense" (IO -> OI), "copy"
+    # After the transform, our entry i along axis 0 (output channel / bias index) = theirs[channel_order[i]];
+    # used where the two layouts order anchors differently (TF1 RetinaNet predictors).
+    channel_order: tuple[int, ...] | None = None
 
 
 def conv_bn(torch_prefix: str, tf_conv: str, tf_bn: str, suffix: str = "", kernel: str = "kernel",

@@ -128,6 +128,12 @@ class Trainer:
         torch.manual_seed(r.seed)
         self.train_set, self.val_set = self.task.build_datasets(r)
         self.model = self.task.build_model(r, self.train_set).to(self.device)
+        if r.extra.get("init_weights") and not self.resume:  # fine-tuning: spinenet-weights/1 file (docs/weights.md)
+            from ..convert.weights import load_pretrained
+
+            report = load_pretrained(self.model, str(r.extra["init_weights"]))
+            if self.dist.is_main:
+                print(f"init_weights: {report.summary()}")
         self.model_core = self.model
         if self.dist.world_size > 1:
             self.model = nn.parallel.DistributedDataParallel(

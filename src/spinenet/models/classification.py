@@ -280,9 +280,10 @@ def _rate(value: Any, what: str) -> float:
     return float(value)
 
 
-def create_classifier(name: str, num_classes: int = 1001, *, dropout: float = 0.0, label_smoothing: float = 0.1,
-                      class_names: Sequence[str] | None = None, normalize: bool | Mapping[str, Sequence[float]] = True,
-                      image_size: int | None = None, **overrides: Any) -> SpineNetClassifier:
+def create_classifier(name: str, num_classes: int | None = None, *, dropout: float = 0.0,
+                      label_smoothing: float = 0.1, class_names: Sequence[str] | None = None,
+                      normalize: bool | Mapping[str, Sequence[float]] = True, image_size: int | None = None,
+                      weights: str | None = None, **overrides: Any) -> SpineNetClassifier:
     """Build a SpineNet classifier (paper section 4.2; official TF1 head, spec 3.13; names :func:`list_classifiers`).
 
     ``num_classes`` defaults to the official 1001 (index 0 = background; ImageNet names filled in). ``dropout``
@@ -292,7 +293,23 @@ def create_classifier(name: str, num_classes: int = 1001, *, dropout: float = 0.
     to :func:`spinenet.create_model` for the backbone over the classification defaults (tpu flavour for the
     ResNet family, swish, ``bn_eps=1e-5``, ``bn_momentum=0.1``, ``stochastic_depth_rate=0.2``), e.g.
     ``activation="relu", stochastic_depth_rate=0`` for the paper's vanilla recipe.
+
+    ``weights``: a ``spinenet-weights/1`` file (``spinenet convert``). A classifier file rebuilds the saved model
+    (``num_classes`` defaults to the file's; another count re-initialises the dense layer); a backbone or detector
+    file seeds the backbone only. ``dropout``/``label_smoothing``/``normalize``/``image_size`` are taken from the
+    file unless given (:mod:`spinenet.convert.weights`).
     """
+    if weights is not None:
+        from ..convert.weights import load_classifier
+
+        defaults = {"dropout": 0.0, "label_smoothing": 0.1, "normalize": True, "image_size": None}
+        given = {k: v for k, v in (("dropout", dropout), ("label_smoothing", label_smoothing),
+                                   ("normalize", normalize), ("image_size", image_size)) if v != defaults[k]}
+        return load_classifier(name, weights, num_classes=num_classes,
+                               class_names=list(class_names) if class_names is not None else None,
+                               **given, **overrides)
+    if num_classes is None:
+        num_classes = 1001
     defn = get_classifier_def(name)
     what = f"create_classifier({name!r})"
     num_classes = _num_classes(num_classes, what)

@@ -233,8 +233,8 @@ def _positive_int(value: Any, what: str) -> int:
     return value
 
 
-def create_detector(name: str, *, num_classes: int = 91, image_size: int | None = None, weights: str | None = None,
-                    **overrides: Any) -> SpineNetRetinaNet:
+def create_detector(name: str, *, num_classes: int | None = None, image_size: int | None = None,
+                    weights: str | None = None, **overrides: Any) -> SpineNetRetinaNet:
     """Build a registered SpineNet RetinaNet (paper section 4.1; table :data:`list_detectors`).
 
     ``num_classes`` counts logits including the unused label 0 (torchvision's convention; COCO's 91-id space
@@ -245,12 +245,18 @@ def create_detector(name: str, *, num_classes: int = 91, image_size: int | None 
     :func:`spinenet.create_model` for the backbone (``flavor``, ``activation``, ``filter_size_scale``,
     ``endpoints_num_filters``, ``bn_eps``, ``stochastic_depth_rate``, ...). The head uses the backbone's
     activation and BN settings, as the official configs do.
+
+    ``weights``: a ``spinenet-weights/1`` file (``spinenet convert``). A detector file rebuilds the saved detector
+    (``num_classes`` defaults to the file's; another count re-initialises the class predictor only, for
+    fine-tuning); a backbone or classifier file seeds the backbone and leaves the head freshly initialised. The
+    report is on ``model.weights_report`` (:mod:`spinenet.convert.weights`).
     """
     if weights is not None:
-        raise NotImplementedError(
-            f"create_detector({name!r}, weights={weights!r}): loading detector weights is not implemented yet; "
-            "build without weights and load a converted state dict, or use spinenet.convert.detection_mapping "
-            "with spinenet.convert.load.apply_tf_weights for official TF checkpoints")
+        from ..convert.weights import load_detector
+
+        return load_detector(name, weights, num_classes=num_classes, image_size=image_size, **overrides)
+    if num_classes is None:
+        num_classes = 91
     defn = get_detector_def(name)
     num_classes = _positive_int(num_classes, f"create_detector({name!r}): num_classes")
     if num_classes < 2:
