@@ -127,3 +127,126 @@ def test_model_garden_order_for_repeats_and_mobile_follows_keys_tsv(parity_dir):
                 assert keras == "depthwise_conv2d", m
             else:
                 assert keras in ("conv2d", "batch_normalization"), m
+
+
+# ------------------------------------------------------------------------------ TF1 SpineNet-Mobile (spinenet_mbconv)
+# Names derived by hand from tensorflow/tpu `spinenet_mbconv.py`, `nn_blocks.mbconv_block` and `nn_ops` (tf.layers
+# numbering per variable scope and per layer kind; SE convs are tf.layers.Conv2D with bias and share the conv2d
+# counter). No TF1 mobile checkpoint exists here, so these tests pin the derivation, not a real file.
+def _mbconv_names(scope: str, conv: int, bn: int, dw: int) -> list[str]:
+    """The 19 variables of one TF1 MBConv block whose first conv2d/BN/depthwise are numbered conv/bn/dw."""
+    def n(kind: str, k: int) -> str:
+        return f"{scope}/{kind}" + ("" if k == 0 else f"_{k}")
+
+    bn_vars = ("gamma", "beta", "moving_mean", "moving_variance")
+    return ([f"{n('conv2d', conv)}/kernel"] + [f"{n('batch_normalization', bn)}/{v}" for v in bn_vars]
+            + [f"{n('depthwise_conv2d', dw)}/depthwise_kernel"]
+            + [f"{n('batch_normalization', bn + 1)}/{v}" for v in bn_vars]
+            + [f"{n('conv2d', conv + 1)}/kernel", f"{n('conv2d', conv + 1)}/bias", f"{n('conv2d', conv + 2)}/kernel",
+               f"{n('conv2d', conv + 2)}/bias", f"{n('conv2d', conv + 3)}/kernel"]
+            + [f"{n('batch_normalization', bn + 2)}/{v}" for v in bn_vars])
+
+
+def test_tpu_mobile_names_follow_the_tf1_builder():
+    from spinenet.convert.mapping import tpu_mobile_backbone_map
+
+    model = on_meta(lambda: spinenet.create_model("spinenet_mobile49", flavor="tpu"))
+    maps = tpu_backbone_map(model)  # dispatches on the family
+    assert [m.tf_key for m in maps] == [m.tf_key for m in tpu_mobile_backbone_map(model)]
+    names = [m.tf_key for m in maps]
+    top = "spinenet_mbconv"
+    bn_vars = ["gamma", "beta", "moving_mean", "moving_variance"]
+    # stem conv + BN, then the two stem blocks number on in the top scope
+    assert names[:43] == ([f"{top}/conv2d/kernel"] + [f"{top}/batch_normalization/{v}" for v in bn_vars]
+                          + _mbconv_names(top, 1, 1, 0) + _mbconv_names(top, 5, 4, 1))
+    # spec 2 (level 4) takes parents at level 2: two depthwise/BN steps each, then the 1x1 conv and its BN
+    sub = f"{top}/sub_policy2"
+    for k in (0, 1):
+        r = f"{sub}/resample_with_sepconv_resample_2_{k}"
+        expected = ([f"{r}/depthwise_conv2d/depthwise_kernel"] + [f"{r}/batch_normalization/{v}" for v in bn_vars]
+                    + [f"{r}/depthwise_conv2d_1/depthwise_kernel"]
+                    + [f"{r}/batch_normalization_1/{v}" for v in bn_vars]
+                    + [f"{r}/conv2d/kernel"] + [f"{r}/batch_normalization_2/{v}" for v in bn_vars])
+        assert [n for n in names if n.startswith(r + "/")] == expected
+    assert [n for n in names if n.startswith(f"{sub}/scale_permuted_block_4/")] == \
+        _mbconv_names(f"{sub}/scale_permuted_block_4", 0, 0, 0)
+    # spec 3 (level 3) from L2 (one step down) and L4 (upsampled: no depthwise)
+    assert f"{top}/sub_policy3/resample_with_sepconv_resample_3_0/depthwise_conv2d/depthwise_kernel" in names
+    assert not any(n.startswith(f"{top}/sub_policy3/resample_with_sepconv_resample_3_1/depthwise") for n in names)
+    # endpoints: the next five conv/BN pairs of the top scope, levels 3..7
+    endpoints = [[f"{top}/conv2d_{9 + j}/kernel"] + [f"{top}/batch_normalization_{7 + j}/{v}" for v in bn_vars]
+                 for j in range(5)]
+    assert names[-25:] == [x for pair in endpoints for x in pair]
+
+
+def test_tpu_mobile_map_covers_every_tensor_once_in_tf_layouts():
+    """Count from the spec list alone (19 tensors per MBConv, 5 per depthwise step and per 1x1 conv/BN, 5 for the
+    stem conv/BN and each endpoint), trainable total = spec 4.4's 2,268,708 (+ 45,184 BN statistics), and every
+    tensor in its TF layout: depthwise [3, 3, C, 1], 1x1 kernels [1, 1, Cin, Cout], BN width = the layer before."""
+    from spinenet.specs import default_architecture
+
+    model = on_meta(lambda: spinenet.create_model("spinenet_mobile49", flavor="tpu"))
+    maps = tpu_backbone_map(model)
+    arch = default_architecture("mobile", "tpu")
+    levels = [b.level for b in arch.stem] + [b.level for b in arch.blocks]
+    count = 5 + 19 * len(arch.stem) + 5 * 5
+    for spec in arch.blocks:
+        count += 19 + sum(5 * max(spec.level - levels[p], 0) + 5 for p in spec.input_offsets)
+    state = model.state_dict()
+    assert len(maps) == count == len({m.tf_key for m in maps}) == len({m.torch_key for m in maps})
+    assert {m.torch_key for m in maps} == {k for k in state if not k.endswith("num_batches_tracked")}
+    stats = ("moving_mean", "moving_variance")
+    assert sum(state[m.torch_key].numel() for m in maps if not m.tf_key.endswith(stats)) == 2_268_708
+    assert sum(state[m.torch_key].numel() for m in maps if m.tf_key.endswith(stats)) == 45_184
+    to_tf = {"conv": (2, 3, 1, 0), "depthwise": (2, 3, 0, 1)}
+    width = None
+    for m in maps:
+        shape = tuple(state[m.torch_key].shape)
+        tf_shape = tuple(shape[i] for i in to_tf[m.transform]) if m.transform in to_tf else shape
+        leaf = m.tf_key.rsplit("/", 1)[1]
+        if leaf == "depthwise_kernel":
+            assert m.transform == "depthwise" and tf_shape[:2] == (3, 3) and tf_shape[3] == 1, m
+            width = tf_shape[2]
+        elif leaf == "kernel":
+            assert m.transform == "conv" and tf_shape[:2] == ((3, 3) if m.torch_key == "stem.0.conv.weight"
+                                                              else (1, 1)), m
+            width = tf_shape[3]
+        elif leaf == "bias":  # squeeze-excitation convs only
+            assert ".se." in m.torch_key and tf_shape == (width,), m
+        else:
+            assert leaf in ("gamma", "beta", *stats) and tf_shape == (width,), m
+
+
+def test_tpu_and_model_garden_mobile_maps_place_every_tensor_alike():
+    """Against the fixture-verified Model Garden mobile map: the same tensors, each with the same layout transform
+    and the same kind of TF variable (kernel / depthwise_kernel / bias / BN statistic)."""
+    model = on_meta(lambda: spinenet.create_model("spinenet_mobile49xs", flavor="model_garden"))
+    mg = {m.torch_key: m for m in mg_backbone_map(model)}
+    tpu = {m.torch_key: m for m in tpu_backbone_map(model)}
+    assert set(mg) == set(tpu) and len(tpu) == len(tpu_backbone_map(model))
+
+    def leaf(key: str) -> str:
+        return key.removesuffix("/.ATTRIBUTES/VARIABLE_VALUE").rsplit("/", 1)[1]
+
+    for key, m in tpu.items():
+        assert (m.transform, leaf(m.tf_key)) == (mg[key].transform, leaf(mg[key].tf_key)), (m, mg[key])
+    # one MBConv block seen from both sides, e.g. the squeeze-excitation pair: Keras _se_reduce/_se_expand
+    # are the 2nd and 3rd conv2d of the TF1 block scope
+    block = "blocks.5.block.0"
+    assert "_se_reduce/kernel" in mg[f"{block}.se.reduce.weight"].tf_key
+    assert tpu[f"{block}.se.reduce.weight"].tf_key.endswith("scale_permuted_block_5/conv2d_1/kernel")
+    assert tpu[f"{block}.se.expand.bias"].tf_key.endswith("scale_permuted_block_5/conv2d_2/bias")
+
+
+def test_tpu_mobile_map_refuses_what_it_cannot_name():
+    resnet = on_meta(lambda: spinenet.create_model("spinenet49", flavor="tpu"))
+    from spinenet.convert.mapping import tpu_mobile_backbone_map, tpu_resnet_backbone_map
+
+    with pytest.raises(ValueError, match="mobile family"):
+        tpu_mobile_backbone_map(resnet)
+    mobile = on_meta(lambda: spinenet.create_model("spinenet_mobile49", flavor="tpu"))
+    with pytest.raises(ValueError, match="ResNet-block family"):
+        tpu_resnet_backbone_map(mobile)
+    repeated = on_meta(lambda: spinenet.create_model("spinenet_mobile49", flavor="tpu", block_repeats=2))
+    with pytest.raises(ValueError, match="block_repeats=1"):
+        tpu_backbone_map(repeated)

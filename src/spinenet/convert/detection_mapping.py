@@ -19,9 +19,10 @@ checkpoint (``.../.ATTRIBUTES/VARIABLE_VALUE``)  ours (``RetinaNetHead`` state d
 order (anchor-major; box deltas (dy, dx, dh, dw)), so every tensor is a plain layout transform: no permutation.
 
 TF1 RetinaNet checkpoints (tensorflow/tpu, :func:`tpu_retinanet_map`) keep the head under ``retinanet/class_net`` and
-``retinanet/box_net``; their anchors use the aspect ratios (1, 2, 0.5), so the predictor channels are permuted to
-our (0.5, 1, 2) while the box order (dy, dx, dh, dw) is kept. No TF1 RetinaNet fixture exists: that map is
-unverified.
+``retinanet/box_net`` (the SpineNet-Mobile config ``use_separable_conv: true`` swaps each ``tf.layers.conv2d`` for a
+``tf.layers.separable_conv2d`` of the same name, predictors included); their anchors use the aspect ratios
+(1, 2, 0.5), so the predictor channels are permuted to our (0.5, 1, 2) while the box order (dy, dx, dh, dw) is
+kept. No TF1 RetinaNet fixture exists: that map is unverified.
 """
 
 from __future__ import annotations
@@ -136,11 +137,13 @@ def tpu_retinanet_head_map(head: nn.Module, levels: list[int], num_scales: int, 
     return maps
 
 
-def tpu_retinanet_map(model: nn.Module, backbone_scope: str = "spinenet", head_scope: str = "retinanet",
+def tpu_retinanet_map(model: nn.Module, backbone_scope: str | None = None, head_scope: str = "retinanet",
                       tf_aspect_ratios: tuple[float, ...] = TPU_ASPECT_RATIOS) -> list[TensorMap]:
     """Every tensor of a :class:`~spinenet.models.SpineNetRetinaNet` from a TF1 RetinaNet checkpoint: the backbone
-    under ``spinenet/`` (:func:`~spinenet.convert.mapping.tpu_backbone_map`) and the head under ``retinanet/``
-    (:func:`tpu_retinanet_head_map`, anchors reordered). Unverified (no TF1 RetinaNet fixture)."""
+    under ``spinenet/`` or, for SpineNet-Mobile, ``spinenet_mbconv/``
+    (:func:`~spinenet.convert.mapping.tpu_backbone_map`; ``backbone_scope`` overrides) and the head under
+    ``retinanet/`` (:func:`tpu_retinanet_head_map`, anchors reordered; the mobile head's
+    ``tf.layers.separable_conv2d`` layers carry the same names). Unverified (no TF1 RetinaNet fixture)."""
     from .mapping import tpu_backbone_map
 
     anchors = model.anchor_generator

@@ -90,12 +90,13 @@ def apply_tf_weights(module: nn.Module, ckpt: TFCheckpoint | str | os.PathLike, 
 def load_tf_backbone(model: nn.Module, ckpt: TFCheckpoint | str | os.PathLike, source: str | None = None,
                      prefix: str | None = None, strict_unused: bool = False) -> MatchReport:
     """Load a SpineNet backbone from an official checkpoint: ``source`` "tpu" or "model_garden"
-    (default: the model's flavour). ``prefix`` is the scope (``spinenet``) or object path (``backbone``)."""
+    (default: the model's flavour). ``prefix`` is the scope (default ``spinenet``, or ``spinenet_mbconv`` for a
+    mobile backbone) or object path (``backbone``)."""
     from .mapping import mg_backbone_map, tpu_backbone_map
 
     source = source or model.graph.flavor
     if source == "tpu":
-        maps = tpu_backbone_map(model, prefix or "spinenet")
+        maps = tpu_backbone_map(model, prefix)  # spinenet/ or spinenet_mbconv/ by family
     elif source == "model_garden":
         maps = mg_backbone_map(model, prefix or "backbone")
     else:

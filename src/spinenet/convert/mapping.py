@@ -1,6 +1,8 @@
 """Name maps between our SpineNet modules and the two official TensorFlow checkpoint layouts (spec 4.2-4.3).
 
-* TF1 (``flavor="tpu"``): name-based ``tf.layers`` scopes, numbered in creation order per scope.
+* TF1 (``flavor="tpu"``): name-based ``tf.layers`` scopes, numbered in creation order per scope: the ResNet
+  family under ``spinenet/`` (:func:`tpu_resnet_backbone_map`), the mobile family under ``spinenet_mbconv/``
+  (:func:`tpu_mobile_backbone_map`); :func:`tpu_backbone_map` picks the one for the model's family.
 * Model Garden (``flavor="model_garden"``): TF2 object-based keys ``backbone/layer_with_weights-N/...`` where N is
   the position of a weight-owning layer in the Keras functional model's layer list. Keras orders that list by
   each layer's depth (longest path to an output; deepest first) and, within one depth, by first visit in a
@@ -50,23 +52,47 @@ def block_convs(node: Node, model: SpineNet, repeat: int) -> list[str]:
 
 
 # --------------------------------------------------------------------------------------------------- TF1 (tpu)
+#: The variable scope each family's TF1 builder opens (``spinenet.py`` / ``spinenet_mbconv.py`` of tensorflow/tpu).
+TPU_SCOPES = {"resnet": "spinenet", "mobile": "spinenet_mbconv"}
+
+
 class _Scope:
-    """tf.layers auto-numbering within one variable scope: conv2d, conv2d_1, ...; batch_normalization, ..."""
+    """tf.layers auto-numbering within one variable scope.
+
+    An unnamed TF1 layer opens ``variable_scope(None, default_name=<snake-case class name>)`` when first called,
+    which numbers per enclosing scope and per kind, in call order: ``conv2d``, ``conv2d_1``, ...;
+    ``batch_normalization``, ``batch_normalization_1``, ...; ``depthwise_conv2d``, ... (the counters of different
+    kinds are independent).
+    """
 
     def __init__(self, path: str) -> None:
-        self.path, self.count = path, 0
+        self.path = path
+        self.counts: dict[str, int] = {}
+
+    def layer(self, kind: str) -> str:
+        n = self.counts.get(kind, 0)
+        self.counts[kind] = n + 1
+        return f"{self.path}/{kind}" + ("" if n == 0 else f"_{n}")
 
     def next(self) -> tuple[str, str]:
-        suffix = "" if self.count == 0 else f"_{self.count}"
-        self.count += 1
-        return f"{self.path}/conv2d{suffix}", f"{self.path}/batch_normalization{suffix}"
+        """The next (conv2d, batch_normalization) pair."""
+        return self.layer("conv2d"), self.layer("batch_normalization")
 
 
-def tpu_backbone_map(model: SpineNet, scope: str = "spinenet") -> list[TensorMap]:
+def tpu_backbone_map(model: SpineNet, scope: str | None = None) -> list[TensorMap]:
+    """TF1 names for either family: ``spinenet/...`` (ResNet blocks) or ``spinenet_mbconv/...`` (mobile)."""
+    family = model.graph.family
+    if family == "mobile":
+        return tpu_mobile_backbone_map(model, scope or TPU_SCOPES["mobile"])
+    return tpu_resnet_backbone_map(model, scope or TPU_SCOPES["resnet"])
+
+
+def tpu_resnet_backbone_map(model: SpineNet, scope: str = "spinenet") -> list[TensorMap]:
     """TF1 ``spinenet/...`` names for a ResNet-family backbone (spec 4.3, ``tpu_spinenet49_variables.txt``)."""
     graph = model.graph
     if graph.family != "resnet":
-        raise ValueError("the TF1 name map covers the ResNet-block family; mobile uses spinenet_mbconv scopes")
+        raise ValueError("the TF1 spinenet/ name map covers the ResNet-block family; use tpu_mobile_backbone_map "
+                         "(spinenet_mbconv/ scopes) for a mobile backbone")
     maps: list[TensorMap] = []
     top = _Scope(scope)
     maps += conv_bn("stem.0", *top.next())
@@ -89,6 +115,76 @@ def tpu_backbone_map(model: SpineNet, scope: str = "spinenet") -> list[TensorMap
         for r in range(node.repeats):
             for name in block_convs(node, model, r):
                 maps += conv_bn(f"blocks.{node.index}.block.{r}.{name}", *s.next())
+    for level in graph.levels:
+        maps += conv_bn(f"endpoints.{level}", *top.next())
+    return maps
+
+
+def _tpu_mbconv_map(ours: str, scope: _Scope, block) -> list[TensorMap]:
+    """One TF1 ``nn_blocks.mbconv_block``: it opens no scope of its own, so its layers number on in ``scope``.
+
+    Call order: expand ``conv2d`` + BN, ``depthwise_conv2d`` (Keras ``DepthwiseConv2D`` wrapped as a tf.layers
+    layer, ``depthwise_kernel`` [3, 3, C, 1]) + BN, the squeeze-excitation ``tf.layers.Conv2D`` pair (reduce, then
+    expand; ``kernel`` and ``bias``), project ``conv2d`` + BN.
+    """
+    maps: list[TensorMap] = []
+    if block.expand is not None:
+        maps += conv_bn(f"{ours}.expand", *scope.next())
+    maps += conv_bn(f"{ours}.depthwise", scope.layer("depthwise_conv2d"), scope.layer("batch_normalization"),
+                    kernel="depthwise_kernel", transform="depthwise")
+    if block.se is not None:
+        for part in ("reduce", "expand"):
+            conv = scope.layer("conv2d")
+            maps += [TensorMap(f"{ours}.se.{part}.weight", f"{conv}/kernel", "conv"),
+                     TensorMap(f"{ours}.se.{part}.bias", f"{conv}/bias", "copy")]
+    maps += conv_bn(f"{ours}.project", *scope.next())
+    return maps
+
+
+def tpu_mobile_backbone_map(model: SpineNet, scope: str = "spinenet_mbconv") -> list[TensorMap]:
+    """TF1 ``spinenet_mbconv/...`` names for a mobile (MBConv) backbone (spec 3.14, 4.3; tensorflow/tpu
+    ``spinenet_mbconv.py``).
+
+    * ``<scope>/``: the stem 3x3 conv and BN, both stem MBConv blocks (``conv2d_1..8``, ``depthwise_conv2d``,
+      ``depthwise_conv2d_1``, ``batch_normalization_1..6`` for SpineNet-Mobile-49), then the endpoint conv/BN
+      pairs in level order.
+    * ``<scope>/sub_policy{i}/resample_with_sepconv_resample_{i}_{k}/``: one ``depthwise_conv2d[_j]`` +
+      ``batch_normalization[_j]`` per factor 2 of downsampling, then ``conv2d`` + the last BN.
+    * ``<scope>/sub_policy{i}/scale_permuted_block_{i + 2}/``: the block group's MBConv layers.
+
+    Unverified: no TF1 mobile checkpoint or fixture was available; the names are derived from the TF1 sources
+    (see ``docs/weights.md``).
+    """
+    graph = model.graph
+    if graph.family != "mobile":
+        raise ValueError("the TF1 spinenet_mbconv/ name map covers the mobile family; use tpu_resnet_backbone_map "
+                         "(spinenet/ scopes) for a ResNet-block backbone")
+    if graph.scaling.block_repeats != 1:
+        # TF1 repeats the stem blocks too (our mobile graph keeps one of each, like Model Garden), so the
+        # top-scope numbering would differ; the only TF1 mobile release uses block_repeats=1.
+        raise ValueError(f"TF1 spinenet_mbconv checkpoints are mapped for block_repeats=1 only (got "
+                         f"{graph.scaling.block_repeats}): the TF1 code also repeats the stem blocks")
+    maps: list[TensorMap] = []
+    top = _Scope(scope)
+    maps += conv_bn("stem.0", *top.next())
+    num_stem = sum(1 for n in graph.nodes if n.is_stem)
+    for node in graph.nodes:
+        group = model.blocks[str(node.index)].block
+        if node.is_stem:
+            for r in range(node.repeats):
+                maps += _tpu_mbconv_map(f"blocks.{node.index}.block.{r}", top, group[r])
+            continue
+        i = node.spec_index
+        for k, edge in enumerate(node.parents):
+            s = _Scope(f"{scope}/sub_policy{i}/resample_with_sepconv_resample_{i}_{k}")
+            prefix = f"blocks.{node.index}.resample.{k}"
+            for j in range(max(edge.level_delta(node.level), 0)):
+                maps += conv_bn(f"{prefix}.down.{j}", s.layer("depthwise_conv2d"), s.layer("batch_normalization"),
+                                kernel="depthwise_kernel", transform="depthwise")
+            maps += conv_bn(f"{prefix}.expand", *s.next())
+        s = _Scope(f"{scope}/sub_policy{i}/scale_permuted_block_{i + num_stem}")
+        for r in range(node.repeats):
+            maps += _tpu_mbconv_map(f"blocks.{node.index}.block.{r}", s, group[r])
     for level in graph.levels:
         maps += conv_bn(f"endpoints.{level}", *top.next())
     return maps
