@@ -180,9 +180,21 @@ def start_ray(workers: int, address: str | None = None) -> None:
         return
     if address is None:
         ray_constants.ENABLE_RAY_CLUSTER = False  # read at call time; the env var only at import
+        start_reaper()
         ray.init(**local_ray_init_kwargs(workers))
     else:
         ray.init(address=address, log_to_driver=False, configure_logging=False)
+
+
+def start_reaper() -> None:
+    """Start :mod:`spinenet.search.reaper` for this process (its own session: Ctrl-C does not reach it)."""
+    import subprocess
+    import sys
+
+    from . import reaper
+
+    subprocess.Popen([sys.executable, reaper.__file__, str(os.getpid())], start_new_session=True,
+                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 class RayExecutor:
