@@ -57,12 +57,12 @@ class Proxy:
 PROXIES: dict[str, Proxy] = {
     "trees-cpu": Proxy(
         "trees-cpu",
-        Recipe("search-proxy-trees", image_size=128, batch_size=8, steps=200, lr=0.08, warmup_steps=20,
+        Recipe("search-proxy-trees", image_size=128, batch_size=8, steps=300, lr=0.08, warmup_steps=20,
                warmup_factor=0.1, schedule="cosine", bn_momentum=0.1, scale_min=0.8, scale_max=1.25,
                precision="fp32", checkpoint_every=10**9, log_every=50, extra={"tile_size": 200}),
         head_convs=3,
         metric="AP50",
-        description="CPU proxy: 200 steps of batch 8 at 128 px on 200 px yell-train tiles of the large YELL image; "
+        description="CPU proxy: 300 steps of batch 8 at 128 px on 200 px yell-train tiles of the large YELL image; "
                     "reward AP50 on the small YELL image's tiles",
     ),
     "coco": Proxy(
