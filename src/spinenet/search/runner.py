@@ -65,6 +65,15 @@ def _backbone_cost(arch: Architecture, size: int, **overrides: Any) -> tuple[int
     return count_macs(model, size), count_params(model)
 
 
+def compute_aware_reward(value: float, macs: int, target_macs: float, weight: float) -> float:
+    """``value * (macs / target_macs) ** weight`` (MnasNet's form); ``weight`` 0 or no target: ``value``."""
+    if not weight or not target_macs:
+        return value
+    if target_macs < 0 or macs <= 0:
+        raise ValueError(f"compute-aware reward: target_macs={target_macs} and MACs={macs} must be > 0")
+    return value * (macs / target_macs) ** weight
+
+
 def evaluate_trial(payload: dict[str, Any]) -> dict[str, Any]:
     """Score one trial (runs in a Ray worker or in-process). Returns reward, metrics, MACs and params.
 
@@ -91,8 +100,7 @@ def evaluate_trial(payload: dict[str, Any]) -> dict[str, Any]:
     macs, params = _backbone_cost(arch, size, filter_size_scale=proxy.filter_size_scale,
                                   resample_alpha=proxy.resample_alpha,
                                   endpoints_num_filters=proxy.endpoints_num_filters)
-    value = float(metrics[proxy.metric])
-    reward = value * (macs / target) ** weight if (weight and target) else value
+    reward = compute_aware_reward(float(metrics[proxy.metric]), macs, target, weight)
     return {"reward": reward, "metrics": metrics, "macs": macs, "params": params}
 
 
@@ -173,7 +181,11 @@ def start_ray(workers: int, address: str | None = None) -> None:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     if address is None:
         os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
-    import ray
+    try:
+        import ray
+    except ImportError:
+        raise ValueError("--workers >= 1 and --address run trials on Ray, which is not installed: "
+                         "pip install 'spinenet-torch[search]', or use --workers 0") from None
     import ray._private.ray_constants as ray_constants
 
     if ray.is_initialized():
@@ -201,9 +213,9 @@ class RayExecutor:
     """Trials as Ray tasks (1 CPU each); a worker that dies is retried once by Ray, then the trial fails."""
 
     def __init__(self, workers: int, address: str | None = None) -> None:
+        start_ray(workers, address)
         import ray
 
-        start_ray(workers, address)
         self.ray = ray
         self.capacity = workers
         self.remote = ray.remote(num_cpus=1, max_retries=1, retry_exceptions=False)(evaluate_trial)
