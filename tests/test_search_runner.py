@@ -111,3 +111,16 @@ def test_scale_gives_the_official_family(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "spinenet", "scale", str(src), "--block-repeats", "0", "-o",
                           str(tmp_path / "x.json")], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "--block-repeats" in bad.stderr
+
+
+def test_cli_strategy_options_reach_the_strategy(tmp_path):
+    out = tmp_path / "s"
+    run = subprocess.run(search_cmd(out, "--space", "r35-sp18", "--strategy", "rl", "--strategy-option",
+                                    "algorithm=ppo", "--strategy-option", "batch_size=2", "--trials", "4",
+                                    "--workers", "0", "--reward", "synthetic", "macs=0"),
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    journal = Journal(out / "journal.sqlite")
+    assert journal.config()["strategy_options"] == {"algorithm": "ppo", "batch_size": 2}
+    assert journal.strategy_state()["updates"] == 2  # 4 rewards at batch 2
+    assert "best: trial" in run.stdout

@@ -79,10 +79,11 @@ def test_controller_sampling_matches_its_log_prob(one_thread):
     assert (entropy > 0).all()
 
 
-def test_controller_learns_towards_reward(one_thread):
-    """One REINFORCE step with a positive advantage raises the log-probability of that sample."""
+@pytest.mark.parametrize("algorithm", ["reinforce", "ppo"])
+def test_controller_learns_towards_reward(algorithm, one_thread):
+    """One update with a positive advantage raises the log-probability of that sample."""
     space = get_space("r35-sp18")
-    strategy = make_strategy("rl", space, seed=0, batch_size=4, lr=0.05)
+    strategy = make_strategy("rl", space, seed=0, batch_size=4, lr=0.05, algorithm=algorithm)
     batch = [strategy.ask() for _ in range(4)]
     before, _ = strategy.controller.log_prob(batch)
     strategy.baseline = 0.5
@@ -114,5 +115,7 @@ def test_unknown_strategy_and_bad_options():
         make_strategy("ppo2", space)
     with pytest.raises(ValueError, match="population_size"):
         make_strategy("evolution", space, population_size=1)
+    with pytest.raises(ValueError, match="algorithm"):
+        make_strategy("rl", space, algorithm="a2c")
     with pytest.raises(ValueError, match="strategy 'random'"):
         make_strategy("random", space, population_size=10)

@@ -178,17 +178,21 @@ def cmd_search(args: argparse.Namespace) -> int:
     from .engine.recipes import _auto
     from .search.runner import Search, SearchConfig
 
-    options: dict = {}
-    for item in args.options:
-        if "=" not in item:
-            raise ValueError(f"reward option {item!r} is not key=value")
-        key, value = item.split("=", 1)
-        options[key.strip()] = _auto(value)
+    def parse(items: list[str], what: str) -> dict:
+        out: dict = {}
+        for item in items:
+            if "=" not in item:
+                raise ValueError(f"{what} {item!r} is not key=value")
+            key, value = item.split("=", 1)
+            out[key.strip()] = _auto(value)
+        return out
+
     config = None
     if not args.resume or args.space:
         if not (args.space and args.strategy):
             raise ValueError("a new search needs --space and --strategy")
-        config = SearchConfig(args.space, args.strategy, args.reward, options, seed=args.seed)
+        config = SearchConfig(args.space, args.strategy, args.reward, parse(args.options, "reward option"),
+                              parse(args.strategy_option or [], "--strategy-option"), seed=args.seed)
     search = Search(args.out, config, trials=args.trials, workers=args.workers, address=args.address,
                     resume=args.resume, threads=args.threads)
     best = search.run(progress=not args.quiet)
@@ -270,6 +274,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="search space (Table 1 allocations; spinenet49 also searches level adjustments and types)")
     p.add_argument("--strategy", choices=("rl", "evolution", "random"),
                    help="rl: LSTM controller + REINFORCE; evolution: regularized evolution; random")
+    p.add_argument("--strategy-option", action="append", metavar="key=value",
+                   help="e.g. algorithm=ppo, lr=0.002, batch_size=10 (rl); population_size=50, sample_size=10 "
+                        "(evolution)")
     p.add_argument("--trials", type=int, required=True, help="finished trials to reach (done + failed)")
     p.add_argument("--workers", type=int, default=2,
                    help="trials in parallel as Ray tasks on a local 127.0.0.1 instance (0: in this process, no Ray)")

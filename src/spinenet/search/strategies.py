@@ -230,9 +230,18 @@ class ControllerSearch:
 
     name = "rl"
 
-    def __init__(self, space: SearchSpace, seed: int = 0, hidden: int = 64, lr: float = 0.005,
+    def __init__(self, space: SearchSpace, seed: int = 0, hidden: int = 64, lr: float | None = None,
                  batch_size: int = 10, baseline_decay: float = 0.9, entropy_weight: float = 1e-3,
-                 tanh_constant: float = 2.5) -> None:
+                 tanh_constant: float = 2.5, algorithm: str = "reinforce", ppo_epochs: int = 4,
+                 ppo_clip: float = 0.2) -> None:
+        if algorithm not in ("reinforce", "ppo"):
+            raise ValueError(f"rl: algorithm={algorithm!r}; expected 'reinforce' or 'ppo'")
+        if batch_size < 1 or ppo_epochs < 1 or not 0 < ppo_clip < 1:
+            raise ValueError(f"rl: need batch_size >= 1, ppo_epochs >= 1, 0 < ppo_clip < 1 (got {batch_size}, "
+                             f"{ppo_epochs}, {ppo_clip})")
+        self.algorithm, self.ppo_epochs, self.ppo_clip = algorithm, ppo_epochs, ppo_clip
+        if lr is None:  # calibrated on the synthetic reward (docs/search.md)
+            lr = 0.005 if algorithm == "reinforce" else 0.002
         self.space = space
         self.batch_size, self.baseline_decay, self.entropy_weight = batch_size, baseline_decay, entropy_weight
         self.generator = torch.Generator().manual_seed(seed)
@@ -264,14 +273,27 @@ class ControllerSearch:
         if self.baseline is None:
             self.baseline = mean
         advantage = rewards - self.baseline
-        logp, entropy = self.controller.log_prob([d for d, _ in batch])
-        loss = -(advantage * logp).mean() - self.entropy_weight * entropy.mean()
-        self.optimizer.zero_grad()
-        loss.backward()
-        self.optimizer.step()
+        decisions = [d for d, _ in batch]
+        if self.algorithm == "reinforce":
+            logp, entropy = self.controller.log_prob(decisions)
+            self._step(-(advantage * logp).mean() - self.entropy_weight * entropy.mean())
+        else:
+            with torch.no_grad():
+                old = self.controller.log_prob(decisions)[0]
+            for _ in range(self.ppo_epochs):
+                logp, entropy = self.controller.log_prob(decisions)
+                ratio = torch.exp(logp - old)
+                clipped = torch.clamp(ratio, 1 - self.ppo_clip, 1 + self.ppo_clip)
+                surrogate = torch.minimum(ratio * advantage, clipped * advantage)
+                self._step(-surrogate.mean() - self.entropy_weight * entropy.mean())
         self.baseline = self.baseline_decay * self.baseline + (1 - self.baseline_decay) * mean
         self.updates += 1
         self.queue = []  # later asks come from the updated policy
+
+    def _step(self, loss: torch.Tensor) -> None:
+        self.optimizer.zero_grad()
+        loss.backward()
+        self.optimizer.step()
 
     def state_dict(self) -> dict[str, Any]:
         return {"controller": self.controller.state_dict(), "optimizer": self.optimizer.state_dict(),
