@@ -191,7 +191,10 @@ def cmd_search(args: argparse.Namespace) -> int:
     if not args.resume or args.space:
         if not (args.space and args.strategy):
             raise ValueError("a new search needs --space and --strategy")
-        config = SearchConfig(args.space, args.strategy, args.reward, parse(args.options, "reward option"),
+        reward_options = parse(args.options, "reward option")
+        if args.device:
+            reward_options["device"] = args.device
+        config = SearchConfig(args.space, args.strategy, args.reward, reward_options,
                               parse(args.strategy_option or [], "--strategy-option"), seed=args.seed)
     search = Search(args.out, config, trials=args.trials, workers=args.workers, address=args.address,
                     resume=args.resume, threads=args.threads)
@@ -273,13 +276,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--space", choices=("spinenet49", "r35-sp18", "r23-sp30", "r14-sp39", "r0-sp53"),
                    help="search space (Table 1 allocations; spinenet49 also searches level adjustments and types)")
     p.add_argument("--strategy", choices=("rl", "evolution", "random"),
-                   help="rl: LSTM controller + REINFORCE; evolution: regularized evolution; random")
+                   help="rl: LSTM controller + REINFORCE (or PPO); evolution: regularized evolution; random")
     p.add_argument("--strategy-option", action="append", metavar="key=value",
                    help="e.g. algorithm=ppo, lr=0.002, batch_size=10 (rl); population_size=50, sample_size=10 "
                         "(evolution)")
     p.add_argument("--trials", type=int, required=True, help="finished trials to reach (done + failed)")
     p.add_argument("--workers", type=int, default=2,
-                   help="trials in parallel as Ray tasks on a local 127.0.0.1 instance (0: in this process, no Ray)")
+                   help="trials in parallel as Ray tasks on a local 127.0.0.1 instance (default 2; 0: in this "
+                        "process, no Ray)")
     p.add_argument("--address", help="join this existing Ray cluster instead of starting one")
     p.add_argument("--out", required=True, help="search folder (refused if it exists, unless --resume)")
     p.add_argument("--resume", action="store_true", help="continue the search in --out from its journal")
@@ -288,6 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "hidden architecture (tests)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="torch threads per trial")
+    p.add_argument("--device", help="where proxy trials train: cpu (default) or cuda[:N]")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("options", nargs="*", metavar="key=value",
                    help="reward options: proxy=trees-cpu|coco, steps=..., macs_weight=-0.07 target_macs=4e8, "

@@ -210,15 +210,17 @@ def start_reaper() -> None:
 
 
 class RayExecutor:
-    """Trials as Ray tasks (1 CPU each); a worker that dies is retried once by Ray, then the trial fails."""
+    """Trials as Ray tasks (1 CPU each, and 1 GPU when trials train on CUDA: Ray hides GPUs from tasks that do
+    not ask for one); a worker that dies is retried once by Ray, then the trial fails."""
 
-    def __init__(self, workers: int, address: str | None = None) -> None:
+    def __init__(self, workers: int, address: str | None = None, gpus_per_trial: float = 0) -> None:
         start_ray(workers, address)
         import ray
 
         self.ray = ray
         self.capacity = workers
-        self.remote = ray.remote(num_cpus=1, max_retries=1, retry_exceptions=False)(evaluate_trial)
+        self.remote = ray.remote(num_cpus=1, num_gpus=gpus_per_trial, max_retries=1,
+                                 retry_exceptions=False)(evaluate_trial)
         self.pending: dict[Any, int] = {}
 
     def submit(self, trial_id: int, payload: dict[str, Any]) -> None:
@@ -295,8 +297,10 @@ class Search:
         if todo <= 0 and not interrupted:
             self.write_outputs()
             return journal.best()
+        on_gpu = str(self.config.reward_options.get("device", "cpu")).startswith("cuda")
         executor: InlineExecutor | RayExecutor = (InlineExecutor() if self.workers == 0 and self.address is None
-                                                  else RayExecutor(max(self.workers, 1), self.address))
+                                                  else RayExecutor(max(self.workers, 1), self.address,
+                                                                   1 if on_gpu else 0))
         bar = tqdm(total=max(self.trials, finished + len(interrupted)), initial=finished, disable=not progress,
                    desc=f"search {self.config.space}/{self.config.strategy}", dynamic_ncols=True)
         best = journal.best()
