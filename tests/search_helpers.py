@@ -21,7 +21,8 @@ def journal_rows(out: Path) -> list[tuple]:
     try:
         db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
         try:
-            return db.execute("SELECT id, status, decisions, reward, finished, attempts FROM trials ORDER BY id").fetchall()
+            query = "SELECT id, status, decisions, reward, finished, attempts FROM trials ORDER BY id"
+            return db.execute(query).fetchall()
         finally:
             db.close()
     except sqlite3.OperationalError:  # the file exists but the schema is not committed yet

@@ -33,7 +33,8 @@ def test_proxy_recipe_applies_the_paper_shrink(tmp_path):
     assert recipe.extra["model.endpoints_num_filters"] == 64 and recipe.extra["model.head_width"] == 32
     assert recipe.extra["model.block_specs"] == str(tmp_path / "arch.json")
     coco = get_proxy("coco")
-    assert (coco.recipe.image_size, coco.filter_size_scale, coco.resample_alpha, coco.head_width) == (512, 0.25, 0.25, 64)
+    shrink = (coco.recipe.image_size, coco.filter_size_scale, coco.resample_alpha, coco.head_width)
+    assert shrink == (512, 0.25, 0.25, 64)
     with pytest.raises(ValueError, match="unknown proxy"):
         get_proxy("imagenet")
 
