@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 OUT    ?= out
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test bench clean search-demo
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -34,6 +34,12 @@ demo: setup
 	    $(TREES)/OSBS_029.png $(TREES)/SOAP_061.png
 	$(BIN)/spinenet draw spinenet49 -o $(OUT)/spinenet49.png
 	@echo "curves: $(DEMO)/curves.png  predictions: $(DEMO)/predictions/"
+
+# Architecture search on the CPU tree proxy (20 RL + 10 random trials, 2 workers), then the best and the median
+# random architecture re-trained with 3 seeds and evaluated on the held-out YELL block (docs/search.md).
+search-demo: setup
+	rm -rf $(OUT)/search-demo
+	$(BIN)/python benchmarks/search_demo.py --out $(OUT)/search-demo
 
 test: setup
 	$(BIN)/python -m pytest

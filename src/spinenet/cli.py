@@ -210,6 +210,49 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_search(args: argparse.Namespace) -> int:
+    from .engine.recipes import _auto
+    from .search.runner import Search, SearchConfig
+
+    def parse(items: list[str], what: str) -> dict:
+        out: dict = {}
+        for item in items:
+            if "=" not in item:
+                raise ValueError(f"{what} {item!r} is not key=value")
+            key, value = item.split("=", 1)
+            out[key.strip()] = _auto(value)
+        return out
+
+    config = None
+    if not args.resume or args.space:
+        if not (args.space and args.strategy):
+            raise ValueError("a new search needs --space and --strategy")
+        reward_options = parse(args.options, "reward option")
+        if args.device:
+            reward_options["device"] = args.device
+        config = SearchConfig(args.space, args.strategy, args.reward, reward_options,
+                              parse(args.strategy_option or [], "--strategy-option"), seed=args.seed)
+    search = Search(args.out, config, trials=args.trials, workers=args.workers, address=args.address,
+                    resume=args.resume, threads=args.threads)
+    best = search.run(progress=not args.quiet)
+    if best is None:
+        print(f"no successful trial; journal in {args.out}/journal.sqlite")
+        return 1
+    print(f"best: trial {best.id} reward {best.reward:.4f}; {args.out}/best.json, rewards.png, trials.csv, "
+          f"journal.sqlite")
+    return 0
+
+
+def cmd_scale(args: argparse.Namespace) -> int:
+    from .search.scale import scale_architecture
+
+    arch = scale_architecture(args.arch, block_repeats=args.block_repeats, filter_size_scale=args.filter_size_scale,
+                              resample_alpha=args.resample_alpha, endpoints_num_filters=args.endpoints_num_filters)
+    arch.save(args.output)
+    print(f"wrote {args.output}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="spinenet", description="SpineNet backbones in PyTorch.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -297,6 +340,42 @@ def build_parser() -> argparse.ArgumentParser:
                    help="detector: candidates per image entering NMS (static shape; see docs/weights.md)")
     p.add_argument("-o", "--output", required=True, help="output .onnx or .pt2")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("search", help="learn a scale-permuted backbone (paper section 3; docs/search.md)")
+    p.add_argument("--space", choices=("spinenet49", "r35-sp18", "r23-sp30", "r14-sp39", "r0-sp53"),
+                   help="search space (Table 1 allocations; spinenet49 also searches level adjustments and types)")
+    p.add_argument("--strategy", choices=("rl", "evolution", "random"),
+                   help="rl: LSTM controller + REINFORCE (or PPO); evolution: regularized evolution; random")
+    p.add_argument("--strategy-option", action="append", metavar="key=value",
+                   help="e.g. algorithm=ppo, lr=0.002, batch_size=10 (rl); population_size=50, sample_size=10 "
+                        "(evolution)")
+    p.add_argument("--trials", type=int, required=True, help="finished trials to reach (done + failed)")
+    p.add_argument("--workers", type=int, default=2,
+                   help="trials in parallel as Ray tasks on a local 127.0.0.1 instance (default 2; 0: in this "
+                        "process, no Ray)")
+    p.add_argument("--address", help="join this existing Ray cluster instead of starting one")
+    p.add_argument("--out", required=True, help="search folder (refused if it exists, unless --resume)")
+    p.add_argument("--resume", action="store_true", help="continue the search in --out from its journal")
+    p.add_argument("--reward", choices=("proxy", "synthetic"), default="proxy",
+                   help="proxy: train a small RetinaNet (default CPU proxy on trees); synthetic: agreement with a "
+                        "hidden architecture (tests)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1, help="torch threads per trial")
+    p.add_argument("--device", help="where proxy trials train: cpu (default) or cuda[:N]")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("options", nargs="*", metavar="key=value",
+                   help="reward options: proxy=trees-cpu|coco, steps=..., macs_weight=-0.07 target_macs=4e8, "
+                        "device=cpu|cuda; synthetic: target_seed=..., sleep=...")
+    p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("scale", help="scale an architecture file (the paper's 96/143/190 recipe, section 3.4)")
+    p.add_argument("arch", metavar="ARCH", help="spinenet-arch/1 file")
+    p.add_argument("--block-repeats", type=int, default=1)
+    p.add_argument("--filter-size-scale", type=float, default=1.0)
+    p.add_argument("--resample-alpha", type=float, default=0.5)
+    p.add_argument("--endpoints-num-filters", type=int, default=256)
+    p.add_argument("-o", "--output", required=True, help="output spinenet-arch/1 file")
+    p.set_defaults(func=cmd_scale)
     return parser
 
 
