@@ -7,8 +7,6 @@ import gzip
 import json
 import os
 import struct
-import subprocess
-import sys
 import warnings
 from pathlib import Path
 
@@ -151,12 +149,12 @@ def test_metrics_and_confusion_png(tmp_path):
 # ---------------------------------------------------------------------------------------------- real training
 @pytest.mark.slow
 def test_fashion_mnist_subset_reaches_75_percent(tmp_path, one_thread, fashion):
-    """SpineNet-49S at 32 px from scratch on the first 5,000 training images, a fixed budget of 400 steps of 32
-    images (2.6 epochs); evaluated on the first 2,000 test images."""
+    """SpineNet-49S at 32 px from scratch on the first 5,000 training images, a fixed budget of 600 steps of 32
+    images (3.8 epochs); evaluated on the first 2,000 test images."""
     from spinenet.engine import Trainer, get_recipe, parse_overrides
     from spinenet.tasks import get_task
 
-    recipe = parse_overrides(get_recipe("fashion-mnist-cpu"), ["steps=400", "batch_size=32", "warmup_steps=40",
+    recipe = parse_overrides(get_recipe("fashion-mnist-cpu"), ["steps=600", "batch_size=32", "warmup_steps=50",
                                                                "eval_every=0", "num_workers=0", "log_every=50"])
     task = get_task("classification", model="spinenet49s", data="fashion-mnist:train:5000",
                     val_data="fashion-mnist:test:2000", report_dir=tmp_path / "run")
@@ -167,42 +165,46 @@ def test_fashion_mnist_subset_reaches_75_percent(tmp_path, one_thread, fashion):
 
 
 # ------------------------------------------------------------------------------------------------------- CLI
-def _spinenet(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "spinenet", *args], cwd=cwd, capture_output=True, text=True,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600)
+def _spinenet(capsys, *args: str) -> tuple[int, str, str]:
+    """Run the CLI in-process (``main(argv) -> int``): exit code, stdout, stderr."""
+    from spinenet.cli import main
+
+    code = main(list(args))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
 
 
-def test_cli_train_eval_predict_round_trip(tmp_path):
+def test_cli_train_eval_predict_round_trip(tmp_path, capsys, one_thread):
     data = _write_folder(tmp_path / "train", {"dark": [20, 30, 40, 50], "bright": [200, 210, 220, 230]}, size=36)
     val = _write_folder(tmp_path / "val", {"dark": [25], "bright": [215]}, size=36)
     run = tmp_path / "run"
-    res = _spinenet("train", "--task", "classification", "--model", "spinenet_mobile49xs", "--data", str(data),
-                    "--val-data", str(val), "--out", str(run), "--device", "cpu", "steps=2", "batch_size=4",
-                    "image_size=32", "num_workers=0", "log_every=1", "checkpoint_every=1", cwd=tmp_path)
-    assert res.returncode == 0, res.stderr[-2000:]
-    assert "top1=" in res.stdout
+    code, out, err = _spinenet(capsys, "train", "--task", "classification", "--model", "spinenet_mobile49xs",
+                               "--data", str(data), "--val-data", str(val), "--out", str(run), "--device", "cpu",
+                               "steps=2", "batch_size=4", "image_size=32", "num_workers=0", "log_every=1")
+    assert code == 0, err[-2000:]
+    assert "top1=" in out
     ckpt = run / "checkpoints" / "final.pt"
     assert (run / "confusion_matrix.png").is_file() and ckpt.is_file()
 
-    res = _spinenet("eval", "--checkpoint", str(ckpt), "--data", str(val), "--out", str(tmp_path / "ev"),
-                    cwd=tmp_path)
-    assert res.returncode == 0, res.stderr[-2000:]
+    code, out, err = _spinenet(capsys, "eval", "--checkpoint", str(ckpt), "--data", str(val),
+                               "--out", str(tmp_path / "ev"))
+    assert code == 0, err[-2000:]
     metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
     assert metrics["images"] == 2 and 0 <= metrics["top1"] <= 1 and metrics["top5"] == 1.0  # 2 classes
     assert (tmp_path / "ev" / "confusion_matrix.png").is_file()
 
-    res = _spinenet("predict", "--checkpoint", str(ckpt), "--out", str(tmp_path / "pred"),
-                    str(val / "dark" / "0.png"), cwd=tmp_path)
-    assert res.returncode == 0, res.stderr[-2000:]
+    code, out, err = _spinenet(capsys, "predict", "--checkpoint", str(ckpt), "--out", str(tmp_path / "pred"),
+                               str(val / "dark" / "0.png"))
+    assert code == 0, err[-2000:]
     (record,) = json.loads((tmp_path / "pred" / "predictions.json").read_text())
     assert {t["class"] for t in record["top"]} == {"dark", "bright"}
     assert sum(t["probability"] for t in record["top"]) == pytest.approx(1.0, abs=1e-4)
 
-    # a checkpoint trained on 2 classes refuses data with another number of classes, naming both
+    # a checkpoint trained on 2 classes refuses data with other classes, naming them
     other = _write_folder(tmp_path / "three", {"dark": [1], "bright": [2], "grey": [128]})
-    res = _spinenet("eval", "--checkpoint", str(ckpt), "--data", str(other), cwd=tmp_path)
-    assert res.returncode == 2 and "['grey'] are not among the model's classes" in res.stderr
+    code, out, err = _spinenet(capsys, "eval", "--checkpoint", str(ckpt), "--data", str(other))
+    assert code == 2 and "['grey'] are not among the model's classes" in err
     if HAS_FASHION:
-        res = _spinenet("eval", "--checkpoint", str(ckpt), "--data", "fashion-mnist:test:10", cwd=tmp_path)
-        assert res.returncode == 2
-        assert "10 classes" in res.stderr and "trained on 2 classes" in res.stderr, res.stderr
+        code, out, err = _spinenet(capsys, "eval", "--checkpoint", str(ckpt), "--data", "fashion-mnist:test:10")
+        assert code == 2
+        assert "has 10 classes" in err and "trained on 2 classes" in err, err
