@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 OUT    ?= out
 
-.PHONY: setup demo test bench clean search-demo
+.PHONY: setup fashion-mnist demo test bench clean search-demo
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -13,7 +13,20 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install --quiet --no-deps -c constraints.txt deepforest stardist
 	touch $(STAMP)
 
-setup: $(STAMP)
+setup: $(STAMP) fashion-mnist
+
+# Fashion-MNIST (the classification data) is Debian's dataset-fashion-mnist: installed here when we are root,
+# otherwise we say how; $SPINENET_FASHION_MNIST may point at another folder holding its four IDX .gz files.
+FASHION_MNIST := /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz
+fashion-mnist:
+	@if [ -f $(FASHION_MNIST) ] || [ -n "$$SPINENET_FASHION_MNIST" ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist) || \
+	    echo "warning: apt-get install dataset-fashion-mnist failed; the Fashion-MNIST tests will not pass"; \
+	else \
+	    echo "note: Fashion-MNIST is not installed: run 'sudo apt-get install dataset-fashion-mnist' (Debian/Ubuntu)"; \
+	    echo "      or set SPINENET_FASHION_MNIST to a folder with its four IDX .gz files"; \
+	fi
 
 DEMO   := $(OUT)/trees-demo
 TREES   = $$($(BIN)/python -c "from spinenet.data.trees import trees_data_dir; print(trees_data_dir())")

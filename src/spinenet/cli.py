@@ -94,9 +94,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .engine import Trainer, get_recipe, parse_overrides
     from .tasks import get_task
 
-    recipe = parse_overrides(get_recipe(args.recipe), args.overrides)
-    task = get_task(args.task, model=args.model, data=args.data, val_data=args.val_data,
-                    **({"classes": args.classes} if args.classes else {}))
+    recipe = parse_overrides(get_recipe(args.recipe or DEFAULT_RECIPES[args.task]), args.overrides)
+    if args.task == "detection":
+        task_kwargs = {"classes": args.classes} if args.classes else {}
+    elif args.classes:
+        raise ValueError(f"--classes selects a class mode of the built-in detection sets; not for --task {args.task}")
+    else:
+        task_kwargs = {"report_dir": args.out}  # confusion matrix / overlay PNGs beside metrics.csv
+    task = get_task(args.task, model=args.model, data=args.data, val_data=args.val_data, **task_kwargs)
     trainer = Trainer(task, recipe, args.out, device=args.device, resume=args.resume)
     metrics = trainer.fit()
     if metrics:
@@ -105,13 +110,16 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load_for_inference(path: str, device: str | None):
+DEFAULT_RECIPES = {"detection": "trees-cpu", "classification": "fashion-mnist-cpu", "segmentation": "nuclei-cpu"}
+
+
+def _load_for_inference(path: str, device: str | None, ckpt: dict | None = None):
     from .engine import resolve_device
     from .engine.checkpoint import load_checkpoint
     from .models import create_detector_from_config
 
     dev = resolve_device(device)
-    ckpt = load_checkpoint(path, map_location="cpu")
+    ckpt = ckpt if ckpt is not None else load_checkpoint(path, map_location="cpu")
     if ckpt["task"] != "detection":
         raise ValueError(f"{path} holds a {ckpt['task']} model; this command needs a detection checkpoint")
     model = create_detector_from_config(ckpt["model_config"])
@@ -122,9 +130,24 @@ def _load_for_inference(path: str, device: str | None):
 def cmd_eval(args: argparse.Namespace) -> int:
     from .data import dataset_from_path
     from .data.evaluation import predictions_to_coco_results, save_results_json
+    from .engine import resolve_device
+    from .engine.checkpoint import load_checkpoint
     from .tasks.detection import DETECTION_METRICS, evaluate_predictions, inference_size, predict_dataset
 
-    model, ckpt, device = _load_for_inference(args.checkpoint, args.device)
+    ckpt = load_checkpoint(args.checkpoint, map_location="cpu")
+    if ckpt["task"] != "detection":  # classification / segmentation: one dispatch on the checkpoint's task
+        from .tasks.inference import eval_command
+
+        if args.classes:
+            raise ValueError("--classes selects a class mode of the built-in detection sets")
+        metrics = eval_command(ckpt, args.checkpoint, args.data, resolve_device(args.device), args.out,
+                               args.image_size)
+        print("  ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+        if args.out:
+            print(f"metrics.json and {'confusion_matrix.png' if ckpt['task'] == 'classification' else 'overlays/'} "
+                  f"in {args.out}")
+        return 0
+    model, ckpt, device = _load_for_inference(args.checkpoint, args.device, ckpt)
     kwargs = {"classes": args.classes} if args.classes else {}
     dataset = dataset_from_path(args.data, **kwargs)
     if list(dataset.classes) != list(ckpt["classes"]):
@@ -146,9 +169,23 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     from .data.detection import decode_image
     from .predict import draw_detections
+    from .engine import resolve_device
+    from .engine.checkpoint import load_checkpoint
     from .tasks.detection import inference_size
 
-    model, ckpt, device = _load_for_inference(args.checkpoint, args.device)
+    ckpt = load_checkpoint(args.checkpoint, map_location="cpu")
+    if ckpt["task"] != "detection":
+        from .tasks.inference import predict_command
+
+        records = predict_command(ckpt, args.checkpoint, args.images, resolve_device(args.device), args.out,
+                                  args.image_size)
+        for r in records:
+            summary = (", ".join(f"{t['class']} {t['probability']:.3f}" for t in r["top"][:3]) if "top" in r
+                       else f"-> {r['mask']}, {r['overlay']}")
+            print(f"{r['file_name']}: {summary}")
+        print(f"{len(records)} images -> {args.out}/predictions.json")
+        return 0
+    model, ckpt, device = _load_for_inference(args.checkpoint, args.device, ckpt)
     model.score_thresh = min(model.score_thresh, args.score_thresh)  # a lower display threshold reaches NMS too
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -276,32 +313,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_draw)
 
     p = sub.add_parser("train", help="train a model (one engine and grammar for every task)")
-    p.add_argument("--task", choices=("detection",), default="detection")
-    p.add_argument("--model", required=True, help="e.g. retinanet_spinenet49s (see spinenet.models.list_detectors)")
-    p.add_argument("--data", required=True, help="COCO .json, VOC folder, or trees:<yell-train|yell-val|osbs|soap>")
+    p.add_argument("--task", choices=("detection", "classification", "segmentation"), default="detection")
+    p.add_argument("--model", required=True, help="e.g. retinanet_spinenet49s (detection), spinenet49s "
+                   "(classification / segmentation; see spinenet.models.list_classifiers, list_segmenters)")
+    p.add_argument("--data", required=True, help="detection: COCO .json, VOC folder, or trees:<yell-train|yell-val|"
+                   "osbs|soap>; classification: an image folder ROOT/<class>/*.jpg|png, or fashion-mnist:<train|test>"
+                   "[:N]; segmentation: nuclei:<left|right|top|bottom>")
     p.add_argument("--val-data", help="evaluation set (same forms as --data)")
     p.add_argument("--classes", help="class mode of built-in sets, e.g. dead_alive for trees:soap")
-    p.add_argument("--recipe", default="trees-cpu", help="named recipe (coco-protocol-a|b|c, trees-cpu, smoke)")
+    p.add_argument("--recipe", help="named recipe (coco-protocol-a|b|c, trees-cpu, imagenet, fashion-mnist-cpu, "
+                   "nuclei-cpu, smoke; default: trees-cpu, fashion-mnist-cpu or nuclei-cpu by --task)")
     p.add_argument("--out", required=True, help="run folder (refused if it exists, unless --resume)")
     p.add_argument("--device", help="cpu or cuda[:N] (default: cuda if available)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="recipe fields, e.g. steps=200 lr=0.05")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("eval", help="COCO metrics of a checkpoint on a dataset")
+    p = sub.add_parser("eval", help="metrics of a checkpoint on a dataset (COCO AP, top-1/top-5, or IoU by its task)")
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--data", required=True)
     p.add_argument("--classes", help="class mode of built-in sets, e.g. dead_alive")
-    p.add_argument("--out", help="write COCO results JSON here")
+    p.add_argument("--out", help="detection: write COCO results JSON here; classification / segmentation: a folder "
+                   "for metrics.json and confusion_matrix.png / overlays/")
     p.add_argument("--image-size", type=int, help="resize the long side to this instead of the training size "
                    "(e.g. the images' native size)")
     p.add_argument("--device")
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("predict", help="detect objects in images")
+    p = sub.add_parser("predict", help="run a checkpoint on images (boxes, top-5 classes, or masks by its task)")
     p.add_argument("--checkpoint", required=True)
     p.add_argument("images", nargs="+", metavar="IMAGE")
-    p.add_argument("--out", required=True, help="folder for predictions.json and drawn images")
+    p.add_argument("--out", required=True, help="folder for predictions.json and drawn images (segmentation: also "
+                   "*_mask.png with class ids)")
     p.add_argument("--score-thresh", type=float, default=0.3,
                    help="keep detections at or above this score (also lowers the model's own 0.05 if smaller)")
     p.add_argument("--image-size", type=int, help="resize the long side to this instead of the training size")

@@ -10,4 +10,12 @@ def get_task(name: str, **kwargs: Any):
         from .detection import DetectionTask
 
         return DetectionTask(**kwargs)
-    raise ValueError(f"unknown task {name!r}; available: detection")
+    if name == "classification":
+        from .classification import ClassificationTask
+
+        return ClassificationTask(**kwargs)
+    if name == "segmentation":
+        from .segmentation import SegmentationTask
+
+        return SegmentationTask(**kwargs)
+    raise ValueError(f"unknown task {name!r}; available: detection, classification, segmentation")

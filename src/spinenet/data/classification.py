@@ -1,0 +1,265 @@
+"""Classification data: image folders, Fashion-MNIST from its IDX files, and the augmentation of spec 7.2.
+
+Every dataset here yields ``(uint8 image [3, H, W], int label)`` with labels ``0..C-1`` and exposes ``classes``
+(names in label order) and ``stats``; normalisation happens inside the model (spec 7.3), as for detection.
+
+Datasets are addressed by a path spec (:func:`classification_dataset_from_path`):
+
+* ``DIR``: an image folder ``DIR/<class name>/*.jpg|jpeg|png|bmp|gif|tif|tiff|webp``; classes are the
+  sub-folders in sorted order (or the given ``classes``, e.g. a checkpoint's, which must all exist).
+* ``fashion-mnist:train`` / ``fashion-mnist:test`` (60,000 / 10,000 real 28x28 grey images, 10 classes), read from
+  the gzip IDX files of Debian's ``dataset-fashion-mnist`` (``/usr/share/datasets/fashion-mnist/``, or the folder
+  in ``$SPINENET_FASHION_MNIST``); ``fashion-mnist:train:5000`` keeps the first 5,000 images (the files come
+  shuffled, so the classes stay balanced to a few percent).
+
+Like the detection sets, errors surface at construction (missing or empty class folders, truncated IDX files);
+an image that exists but does not decode is only found when read: it is skipped with a warning, counted in
+``stats["unreadable_images"]``, and the next readable image is returned so a batch stays full (training).
+Evaluation reads with :meth:`ImageFolder.read`, which returns ``None`` for such images so none is counted twice.
+"""
+
+from __future__ import annotations
+
+import gzip
+import math
+import os
+import struct
+import warnings
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+
+from .detection import _DECODE_ERRORS, decode_image
+
+__all__ = ["FASHION_MNIST_CLASSES", "FashionMNIST", "ImageFolder", "IMAGE_EXTENSIONS",
+           "classification_dataset_from_path", "center_crop_resize", "fashion_mnist_dir", "random_resized_crop"]
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                         "Ankle boot")
+FASHION_MNIST_DEFAULT_DIR = Path("/usr/share/datasets/fashion-mnist")
+_FASHION_FILES = {"train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+                  "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")}
+
+
+# ------------------------------------------------------------------------------------------------- image folders
+class ImageFolder(Dataset):
+    """``root/<class name>/<image>``: one sub-folder per class, labels in sorted folder order.
+
+    ``classes`` fixes the label order (e.g. from a checkpoint, to evaluate a trained model on another folder);
+    every named class must then have a folder. Files with other extensions are ignored; hidden files too.
+    """
+
+    def __init__(self, root: str | os.PathLike[str], classes: Sequence[str] | None = None) -> None:
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise FileNotFoundError(f"image folder {self.root} does not exist (expected {self.root}/<class name>/"
+                                    f"*.jpg|png, or fashion-mnist:train|test)")
+        found = sorted(p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        if classes is None:
+            if not found:
+                raise ValueError(f"{self.root}: no class folders found; expected one sub-folder per class "
+                                 f"({self.root}/<class name>/*.jpg)")
+            classes = found
+        else:
+            classes = [str(c) for c in classes]
+            missing = [c for c in classes if c not in found]
+            if missing:
+                raise FileNotFoundError(
+                    f"{self.root}: class folder(s) {missing} missing; the model was trained on {len(classes)} classes "
+                    f"{list(classes)} and needs a folder {self.root}/<class name> for each (an empty one is refused)")
+            extra = [c for c in found if c not in classes]
+            if extra:
+                raise ValueError(f"{self.root}: folder(s) {extra} are not among the model's classes {list(classes)}")
+        self.classes = list(classes)
+        self.samples: list[tuple[Path, int]] = []
+        for label, name in enumerate(self.classes):
+            folder = self.root / name
+            files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")
+                           and p.suffix.lower() in IMAGE_EXTENSIONS)
+            if not files:
+                raise ValueError(f"class folder {folder} holds no images ({', '.join(IMAGE_EXTENSIONS)}); add images "
+                                 f"or remove the folder")
+            self.samples += [(p, label) for p in files]
+        self.stats: dict[str, int] = {"images": len(self.samples), "unreadable_images": 0}
+        self._unreadable: set[int] = set()
+        self.name = str(self.root)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def read(self, index: int) -> tuple[torch.Tensor, int] | None:
+        """The sample at ``index``, or ``None`` (with a warning the first time, and counted) if it does not decode."""
+        path, label = self.samples[index]
+        if index in self._unreadable:
+            return None
+        try:
+            return decode_image(path), label
+        except _DECODE_ERRORS as exc:
+            self._unreadable.add(index)
+            self.stats["unreadable_images"] = len(self._unreadable)
+            warnings.warn(f"skipping unreadable image {path}: {type(exc).__name__}: {exc}", stacklevel=2)
+            return None
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        n = len(self.samples)
+        if not -n <= index < n:
+            raise IndexError(f"index {index} out of range for {n} images")
+        for step in range(n):  # walk forward past unreadable images (see the module docstring)
+            sample = self.read((index + step) % n)
+            if sample is not None:
+                return sample
+        raise RuntimeError(f"{self.root}: none of the {n} images could be decoded")
+
+
+# ------------------------------------------------------------------------------------------------ Fashion-MNIST
+def fashion_mnist_dir() -> Path:
+    """Where the Fashion-MNIST IDX files are: ``$SPINENET_FASHION_MNIST`` or Debian's package folder."""
+    return Path(os.environ.get("SPINENET_FASHION_MNIST", FASHION_MNIST_DEFAULT_DIR))
+
+
+def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
+    """Read one (optionally gzip-compressed) IDX file: big-endian magic ``0 0 type ndim``, ``ndim`` uint32 sizes,
+    then the data. Only the unsigned-byte type (0x08) used by (Fashion-)MNIST is accepted."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist")
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as fh:
+            data = fh.read()
+    except (OSError, EOFError) as exc:
+        raise ValueError(f"{path}: cannot be read ({exc}); is it a complete gzip IDX file?") from None
+    if len(data) < 4 or data[0] != 0 or data[1] != 0:
+        raise ValueError(f"{path}: not an IDX file (bad magic number {data[:4].hex()})")
+    dtype, ndim = data[2], data[3]
+    if dtype != 0x08:
+        raise ValueError(f"{path}: IDX data type 0x{dtype:02x} is not unsigned byte (0x08)")
+    shape = struct.unpack(f">{ndim}I", data[4:4 + 4 * ndim])
+    body = data[4 + 4 * ndim:]
+    if len(body) != math.prod(shape):
+        raise ValueError(f"{path}: header says {shape} = {math.prod(shape)} bytes, the file holds {len(body)}; the "
+                         f"file is truncated or corrupt (reinstall dataset-fashion-mnist)")
+    return np.frombuffer(body, dtype=np.uint8).reshape(shape)
+
+
+class FashionMNIST(Dataset):
+    """Fashion-MNIST (Xiao et al. 2017): 28x28 grey images of 10 clothing classes, held in memory as uint8.
+
+    ``split`` is ``train`` (60,000) or ``test`` (10,000); ``limit`` keeps the first N. Samples are the grey image
+    repeated to ``[3, 28, 28]`` (the models take RGB).
+    """
+
+    classes = list(FASHION_MNIST_CLASSES)
+
+    def __init__(self, split: str = "train", limit: int | None = None, root: str | os.PathLike[str] | None = None):
+        if split not in _FASHION_FILES:
+            raise ValueError(f"fashion-mnist split {split!r}: expected train or test")
+        folder = Path(root) if root is not None else fashion_mnist_dir()
+        image_file, label_file = (folder / f for f in _FASHION_FILES[split])
+        if not image_file.is_file() or not label_file.is_file():
+            raise FileNotFoundError(
+                f"Fashion-MNIST {split} files are missing in {folder} ({image_file.name}, {label_file.name}); install "
+                f"them with `apt-get install dataset-fashion-mnist` (as root; `make setup` does it), or point "
+                f"$SPINENET_FASHION_MNIST at a folder holding the four gzip IDX files")
+        images, labels = read_idx(image_file), read_idx(label_file)
+        if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+            raise ValueError(f"{folder}: {image_file.name} {images.shape} and {label_file.name} {labels.shape} do not "
+                             f"pair up as [N, H, W] images with [N] labels")
+        if labels.size and int(labels.max()) >= len(self.classes):
+            raise ValueError(f"{label_file}: label {int(labels.max())} outside 0..{len(self.classes) - 1}")
+        if limit is not None:
+            if limit < 1:
+                raise ValueError(f"fashion-mnist:{split}:{limit}: the subset size must be a positive integer")
+            images, labels = images[:limit], labels[:limit]
+        self.images = torch.from_numpy(images.copy())
+        self.labels = torch.from_numpy(labels.astype(np.int64))
+        self.split = split
+        self.name = f"fashion-mnist:{split}" + (f":{limit}" if limit is not None else "")
+        self.stats = {"images": len(self.labels), "unreadable_images": 0}
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def read(self, index: int) -> tuple[torch.Tensor, int]:
+        return self[index]
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        return self.images[index].expand(3, -1, -1), int(self.labels[index])
+
+
+def classification_dataset_from_path(spec: str | os.PathLike[str], classes: Sequence[str] | None = None) -> Dataset:
+    """A dataset from ``fashion-mnist:<train|test>[:N]`` or an image-folder path (module docstring). ``classes``
+    fixes an image folder's label order (and requires its folders); Fashion-MNIST's classes are fixed."""
+    text = str(spec)
+    if text.startswith("fashion-mnist:"):
+        parts = text.split(":")
+        if len(parts) not in (2, 3):
+            raise ValueError(f"{text!r}: expected fashion-mnist:train, fashion-mnist:test or fashion-mnist:train:N")
+        limit = None
+        if len(parts) == 3:
+            try:
+                limit = int(parts[2])
+            except ValueError:
+                raise ValueError(f"{text!r}: the subset size {parts[2]!r} is not an integer") from None
+        return FashionMNIST(parts[1], limit)  # fixed classes: callers compare them with ``classes``
+    return ImageFolder(text, classes)
+
+
+# ------------------------------------------------------------------------------------------------- augmentation
+def _resize(image: torch.Tensor, size: int) -> torch.Tensor:
+    """uint8 [3, h, w] -> uint8 [3, size, size], bilinear (antialiased when shrinking)."""
+    if tuple(image.shape[-2:]) == (size, size):
+        return image
+    out = F.interpolate(image[None].float(), size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    return out[0].round_().clamp_(0, 255).to(torch.uint8)
+
+
+def random_resized_crop(image: torch.Tensor, size: int, scale: tuple[float, float], generator: torch.Generator,
+                        ratio: tuple[float, float] = (3 / 4, 4 / 3), attempts: int = 10) -> torch.Tensor:
+    """The Inception crop of the official classification parser (spec 7.2): draw an area fraction in ``scale`` and
+    a log-uniform aspect ratio in ``ratio``, take the first of ``attempts`` boxes that fits, else fall back to the
+    centre crop; then resize bilinearly to ``size x size``."""
+    h, w = image.shape[-2:]
+    area = h * w
+    for _ in range(attempts):
+        r = torch.rand(3, generator=generator).tolist()
+        target = area * (scale[0] + (scale[1] - scale[0]) * r[0])
+        aspect = math.exp(math.log(ratio[0]) + (math.log(ratio[1]) - math.log(ratio[0])) * r[1])
+        cw, ch = round(math.sqrt(target * aspect)), round(math.sqrt(target / aspect))
+        if 0 < cw <= w and 0 < ch <= h:
+            y = int(r[2] * (h - ch + 1))
+            x = int(float(torch.rand((), generator=generator)) * (w - cw + 1))
+            return _resize(image[:, y:y + ch, x:x + cw], size)
+    return center_crop_resize(image, size, 1.0)
+
+
+def center_crop_resize(image: torch.Tensor, size: int, fraction: float = 0.875) -> torch.Tensor:
+    """Evaluation crop (spec 7.2): the centred square of ``fraction`` x the short side, resized to ``size``.
+    ``image`` is ``[3, H, W]`` or a batch ``[N, 3, H, W]`` of equally sized images (one resize call)."""
+    h, w = image.shape[-2:]
+    side = max(1, round(min(h, w) * fraction))
+    y, x = (h - side) // 2, (w - side) // 2
+    crop = image[..., y:y + side, x:x + side]
+    if crop.dim() == 3:
+        return _resize(crop, size)
+    if side == size:
+        return crop
+    out = F.interpolate(crop.float(), size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    return out.round_().clamp_(0, 255).to(torch.uint8)
+
+
+def classification_train_transform(size: int, scale: tuple[float, float], hflip: float):
+    """``(image, label, generator) -> (image, label)``: random-resized crop to ``size`` and a horizontal flip."""
+
+    def transform(image: torch.Tensor, label: Any, generator: torch.Generator):
+        image = random_resized_crop(image, size, scale, generator)
+        if hflip and float(torch.rand((), generator=generator)) < hflip:
+            image = image.flip(-1)
+        return image, label
+
+    return transform
