@@ -91,14 +91,26 @@ def cmd_draw(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    import os
+
     from .engine import Trainer, get_recipe, parse_overrides
+    from .engine.distributed import cleanup_distributed, init_distributed, launch_local, python_module_command, \
+        strip_nproc
     from .tasks import get_task
 
+    if args.nproc is not None and "RANK" not in os.environ:  # the launcher: N copies of this command, DDP
+        return launch_local(args.nproc, python_module_command(strip_nproc(args.argv)))
     recipe = parse_overrides(get_recipe(args.recipe), args.overrides)
     task = get_task(args.task, model=args.model, data=args.data, val_data=args.val_data,
                     **({"classes": args.classes} if args.classes else {}))
-    trainer = Trainer(task, recipe, args.out, device=args.device, resume=args.resume)
-    metrics = trainer.fit()
+    dist, device = init_distributed(args.device)  # torchrun / --nproc environment; a no-op for one process
+    try:
+        trainer = Trainer(task, recipe, args.out, device=device, resume=args.resume, dist=dist)
+        metrics = trainer.fit()
+    finally:
+        cleanup_distributed()
+    if not dist.is_main:
+        return 0
     if metrics:
         print(" ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
     print(f"checkpoints, metrics.csv and curves.png in {args.out}")
@@ -206,6 +218,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="run folder (refused if it exists, unless --resume)")
     p.add_argument("--device", help="cpu or cuda[:N] (default: cuda if available)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--nproc", type=int, metavar="N",
+                   help="data-parallel training in N local processes (DDP: NCCL on CUDA, gloo on CPU; batch_size "
+                        "is per process); or start the command with torchrun (docs/distributed.md)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="recipe fields, e.g. steps=200 lr=0.05")
     p.set_defaults(func=cmd_train)
 
@@ -233,6 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # what `train --nproc N` re-runs in each process
     try:
         return args.func(args)
     except (ValueError, FileNotFoundError) as err:

@@ -121,6 +121,8 @@ class Trainer:
         if resume and not self.last.is_file():
             raise FileNotFoundError(f"--resume: no checkpoint at {self.last}; start without --resume")
         self.resume = resume
+        if self.dist.world_size > 1:  # every rank checks the folder before rank 0 writes into it
+            torch.distributed.barrier()
 
     # ------------------------------------------------------------------------------------------------ set-up
     def _setup(self) -> None:
@@ -128,6 +130,9 @@ class Trainer:
         torch.manual_seed(r.seed)
         self.train_set, self.val_set = self.task.build_datasets(r)
         self.model = self.task.build_model(r, self.train_set).to(self.device)
+        if self.dist.world_size > 1 and self.device.type == "cuda":
+            # the official SyncBN; torch has no CPU SyncBatchNorm, so CPU runs keep per-process BN statistics
+            self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
         self.model_core = self.model
         if self.dist.world_size > 1:
             self.model = nn.parallel.DistributedDataParallel(
