@@ -30,7 +30,8 @@ def cmd_list(args: argparse.Namespace) -> int:
         print(f"{name:30s} backbone  {d.description} (default input {d.default_size}, flavor {d.flavor})")
     for name in list_detectors(args.pattern):
         d = get_detector_def(name)
-        print(f"{name:30s} detector  RetinaNet on {d.backbone} (input {d.image_size})")
+        family = {"maskrcnn": "Mask R-CNN"}.get(getattr(d, "family", ""), "RetinaNet")
+        print(f"{name:30s} detector  {family} on {d.backbone} (input {d.image_size})")
     return 0
 
 
@@ -134,7 +135,8 @@ def _load_for_inference(path: str, device: str | None):
 def cmd_eval(args: argparse.Namespace) -> int:
     from .data import dataset_from_path
     from .data.evaluation import predictions_to_coco_results, save_results_json
-    from .tasks.detection import DETECTION_METRICS, evaluate_predictions, inference_size, predict_dataset
+    from .tasks.detection import DETECTION_METRICS, MASK_METRICS, evaluate_predictions, inference_size, \
+        predict_dataset
 
     model, ckpt, device = _load_for_inference(args.checkpoint, args.device)
     kwargs = {"classes": args.classes} if args.classes else {}
@@ -145,6 +147,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         predictions = predict_dataset(model, dataset, device)
     metrics = evaluate_predictions(predictions, dataset)
     print("  ".join(f"{k} {metrics[k]:.4f}" for k in DETECTION_METRICS))
+    if "mask_AP" in metrics:  # Mask R-CNN on a set with instance masks: COCO segm metrics
+        print("  ".join(f"{k} {metrics[k]:.4f}" for k in MASK_METRICS))
     if args.out:
         ids = list(predictions)
         results = predictions_to_coco_results([predictions[i] for i in ids], ids, dataset.category_ids)
@@ -174,10 +178,15 @@ def cmd_predict(args: argparse.Namespace) -> int:
             (det,) = model([image.to(device).float() / 255])
         keep = det["scores"] >= args.score_thresh
         boxes, scores, labels = det["boxes"][keep].cpu(), det["scores"][keep].cpu(), det["labels"][keep].cpu()
-        for box, score, label in zip(boxes.tolist(), scores.tolist(), labels.tolist()):
+        masks = det["masks"][keep].cpu() if "masks" in det else None  # Mask R-CNN: [K, 1, H, W] probabilities
+        from .data.masks import masks_to_rles
+
+        rles = masks_to_rles(masks) if masks is not None else [None] * len(boxes)
+        for box, score, label, rle in zip(boxes.tolist(), scores.tolist(), labels.tolist(), rles):
             records.append({"file_name": str(image_path), "bbox": [box[0], box[1], box[2] - box[0], box[3] - box[1]],
-                            "score": score, "category_id": int(category_ids[label]), "category": classes[label]})
-        drawn = draw_detections(image, boxes, scores, [classes[i] for i in labels.tolist()])
+                            "score": score, "category_id": int(category_ids[label]), "category": classes[label],
+                            **({"segmentation": rle} if rle is not None else {})})
+        drawn = draw_detections(image, boxes, scores, [classes[i] for i in labels.tolist()], masks=masks)
         drawn.save(out / (Path(image_path).stem + "_pred.png"))
     import json
 
@@ -210,8 +219,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train a model (one engine and grammar for every task)")
     p.add_argument("--task", choices=("detection",), default="detection")
-    p.add_argument("--model", required=True, help="e.g. retinanet_spinenet49s (see spinenet.models.list_detectors)")
-    p.add_argument("--data", required=True, help="COCO .json, VOC folder, or trees:<yell-train|yell-val|osbs|soap>")
+    p.add_argument("--model", required=True, help="e.g. retinanet_spinenet49s or maskrcnn_spinenet49 (the family "
+                   "follows the name; see `spinenet list`)")
+    p.add_argument("--data", required=True, help="COCO .json, VOC folder, trees:<yell-train|yell-val|osbs|soap>, or "
+                   "nuclei:<left|right|top|bottom> (instance masks)")
     p.add_argument("--val-data", help="evaluation set (same forms as --data)")
     p.add_argument("--classes", help="class mode of built-in sets, e.g. dead_alive for trees:soap")
     p.add_argument("--recipe", default="trees-cpu", help="named recipe (coco-protocol-a|b|c, trees-cpu, smoke)")
@@ -234,7 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device")
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("predict", help="detect objects in images")
+    p = sub.add_parser("predict", help="detect objects (and draw Mask R-CNN masks) in images")
     p.add_argument("--checkpoint", required=True)
     p.add_argument("images", nargs="+", metavar="IMAGE")
     p.add_argument("--out", required=True, help="folder for predictions.json and drawn images")

@@ -5,7 +5,8 @@
 directly -- no FPN -- and RoIs are pooled from those levels by name (``MultiScaleRoIAlign(["3", ..., "7"])``,
 never torchvision's default ``"0".."3"``). An RoI of side ``s`` (= sqrt of its area) is read from level
 ``floor(4 + log2(s / 224))`` clamped to the backbone's levels, which is the official ``multilevel_crop_and_resize``
-rule and torchvision's ``LevelMapper``. ``min_level=2`` adds P2 from the backbone ("P2 where asked").
+rule and torchvision's ``LevelMapper``. ``min_level=2, flavor="model_garden"`` adds P2 from the backbone's
+level-2 output block (only the Model Garden SpineNet has one; the TPU code's graph ends at P3).
 
 Heads (official TPU ``heads.py`` with ``use_batch_norm: true``; widths from the yamls):
 
@@ -299,7 +300,14 @@ def create_maskrcnn(defn: MaskRCNNDef, *, num_classes: int = 91, image_size: int
                     "anchor_size": float(opts.pop("anchor_size", defn.anchor_size))},
         "settings": {k: opts.get(k, v) for k, v in MASKRCNN_DEFAULTS.items()},
     }
-    return create_maskrcnn_from_config(config)
+    try:
+        return create_maskrcnn_from_config(config)
+    except ValueError as err:
+        if backbone_cfg["min_level"] < 3:
+            raise ValueError(f"create_detector({name!r}, min_level={backbone_cfg['min_level']}): {err}. P2 exists "
+                             "in the Model Garden SpineNet (its extra level-2 output block): pass "
+                             "flavor='model_garden'") from None
+        raise
 
 
 def create_maskrcnn_from_config(config: Mapping[str, Any]) -> SpineNetMaskRCNN:
