@@ -16,7 +16,7 @@ from spinenet.tasks import get_task
 
 
 @pytest.mark.slow
-def test_maskrcnn_segments_held_out_nuclei_then_eval_and_predict(tmp_path, capsys):
+def test_maskrcnn_segments_held_out_nuclei_then_eval_and_predict(tmp_path, capsys, one_thread):
     task = get_task("detection", model="maskrcnn_spinenet49s", data="nuclei:left", val_data="nuclei:right")
     trainer = Trainer(task, get_recipe("nuclei-cpu"), tmp_path / "run", device="cpu", progress=False)
     metrics = trainer.fit()

@@ -102,12 +102,15 @@ def launch_local(nproc: int, command: Sequence[str], env: dict[str, str] | None 
     """Run ``command`` as ``nproc`` processes of one DDP job on this machine (ranks 0..nproc-1, 127.0.0.1).
 
     Returns 0 when every process succeeds, else the first non-zero exit code; when one process fails the others
-    are stopped (they would wait for it forever in the next collective).
+    are stopped (they would wait for it forever in the next collective). Unless ``OMP_NUM_THREADS`` is set, each
+    process gets ``cpu_count // nproc`` threads (as torchrun does): N processes with a thread per core each
+    oversubscribe the CPU, and OpenMP's barriers then stall for whole time slices.
     """
     if nproc < 1:
         raise ValueError(f"--nproc must be >= 1, got {nproc}")
     base = dict(os.environ if env is None else env)
     base.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "WORLD_SIZE": str(nproc)})
+    base.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
     procs = []
     for rank in range(nproc):
         procs.append(subprocess.Popen(list(command), env={**base, "RANK": str(rank), "LOCAL_RANK": str(rank),

@@ -265,6 +265,9 @@ def create_detector(name: str, *, num_classes: int = 91, image_size: int | None 
     :func:`spinenet.create_model` for the backbone (``flavor``, ``activation``, ``filter_size_scale``,
     ``endpoints_num_filters``, ``bn_eps``, ``stochastic_depth_rate``, ...). The head uses the backbone's
     activation and BN settings, as the official configs do.
+
+    Rows of other families in the same table (``maskrcnn_*``, :mod:`.maskrcnn`) are built by their family's
+    builder, which takes the same ``num_classes`` / ``image_size`` and its own overrides.
     """
     if weights is not None:
         raise NotImplementedError(
