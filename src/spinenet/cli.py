@@ -69,7 +69,9 @@ def cmd_summary(args: argparse.Namespace) -> int:
         model, default = _build(name, args.flavor)
         size = args.size or (default, default)
         counted = model.macs_module() if hasattr(model, "macs_module") else model  # detectors: backbone + head
-        rows.append({"model": name, "params": count_params(model), "macs": count_macs(counted, size),
+        # Mask R-CNN: + RoI heads at 1000 proposals / 100 masks (the zoo's convention)
+        macs = model.total_macs(size) if hasattr(model, "total_macs") else count_macs(counted, size)
+        rows.append({"model": name, "params": count_params(model), "macs": macs,
                      "size": list(size), "flavor": _flavor(model)})
     if args.json:
         print(json.dumps(rows, indent=2))

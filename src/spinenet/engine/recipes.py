@@ -117,8 +117,8 @@ def nuclei_cpu() -> Recipe:
     evaluated on the whole right half at its native 512 x 256 (``eval_image_size=512``). The model is SpineNet-49S
     at a quarter of its filters (``model.filter_size_scale=0.25``, 32-channel endpoints and heads, FC 128), with
     128 sampled RoIs and 300 proposals per training image instead of the official 512 / 1000 (half the time per
-    step on a CPU). Measured (seed 0, 2 shared cores): mask AP50 0.756, mask AP 0.319, box AP50 0.775 on the
-    right half's 57 nuclei (tests/test_nuclei_maskrcnn.py asks for mask AP50 >= 0.3).
+    step on a CPU). Measured on the right half's 57 nuclei (2 shared cores, one thread): mask AP50 0.756 / 0.827 /
+    0.822 and mask AP 0.319 / 0.406 / 0.405 for seeds 0 / 1 / 2 (tests/test_nuclei_maskrcnn.py asks for 0.3).
     """
     return Recipe("nuclei-cpu", image_size=128, batch_size=4, steps=100, lr=0.08, warmup_steps=10, warmup_factor=0.1,
                   schedule="cosine", bn_momentum=0.1, precision="fp32", scale_min=0.8, scale_max=1.25,

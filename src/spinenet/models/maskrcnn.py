@@ -36,6 +36,7 @@ With 91 classes the parameter counts come within 1% of the official model zoo (t
 
 from __future__ import annotations
 
+import copy
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Mapping
@@ -256,6 +257,32 @@ class SpineNetMaskRCNN(MaskRCNN):
     def macs_module(self) -> nn.Module:
         """Backbone + RPN head on one tensor, for :func:`spinenet.profile.count_macs`."""
         return _DenseForward(self.backbone, self.rpn.head)
+
+    def total_macs(self, size: int | tuple[int, int] | None = None) -> int:
+        """Multiply-adds with the RoI heads at the official 1000 proposals / 100 masks (:func:`maskrcnn_macs`)."""
+        return maskrcnn_macs(self, size)
+
+
+def maskrcnn_macs(model: SpineNetMaskRCNN, size: int | tuple[int, int] | None = None, num_rois: int = 1000,
+                  num_masks: int = 100) -> int:
+    """Multiply-adds of one image at ``size`` (default: the model's ``image_size``): backbone + RPN convolutions,
+    the box head on ``num_rois`` proposals (the official 1000 at test time) and the mask head on ``num_masks``
+    detections (100), the convention of the model zoo's Mask R-CNN "FLOPs" (spec 5.5). Runs on the meta device."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from .detection import detector_macs
+
+    heads = model.roi_heads
+    width = model.backbone.out_channels
+    with torch.device("meta"):
+        box_head, box_predictor = copy.deepcopy(heads.box_head), copy.deepcopy(heads.box_predictor)
+        mask_head, mask_predictor = copy.deepcopy(heads.mask_head), copy.deepcopy(heads.mask_predictor)
+    for module in (box_head, box_predictor, mask_head, mask_predictor):
+        module.to_empty(device="meta").eval()
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:  # counts 2 FLOPs per multiply-add
+        box_predictor(box_head(torch.empty(num_rois, width, BOX_POOL_SIZE, BOX_POOL_SIZE, device="meta")))
+        mask_predictor(mask_head(torch.empty(num_masks, width, MASK_POOL_SIZE, MASK_POOL_SIZE, device="meta")))
+    return detector_macs(model, size) + counter.get_total_flops() // 2
 
 
 def create_maskrcnn(defn: MaskRCNNDef, *, num_classes: int = 91, image_size: int | None = None,
