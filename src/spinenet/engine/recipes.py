@@ -108,7 +108,7 @@ def trees_cpu() -> Recipe:
 
 @recipe
 def nuclei_cpu() -> Recipe:
-    """A tiny ``maskrcnn_spinenet49s`` from scratch on the stardist nuclei (``make``-free, ~100 s on 2 cores):
+    """A tiny ``maskrcnn_spinenet49s`` from scratch on the stardist nuclei (about 100 s on one CPU thread):
 
         spinenet train --model maskrcnn_spinenet49s --data nuclei:left --val-data nuclei:right \
             --recipe nuclei-cpu --out runs/nuclei --device cpu
