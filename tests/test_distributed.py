@@ -71,7 +71,7 @@ def test_two_gloo_processes_lockstep_learn_and_resume_single(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_cli_nproc_launches_ranks_and_refuses_existing_folder(tmp_path, capsys):
+def test_cli_nproc_launches_refuses_existing_folder_and_resumes(tmp_path, capsys):
     out = tmp_path / "run"
     args = ["train", "--nproc", "2", *FLAGS, "--out", str(out), *OVERRIDES, "steps=2", "log_every=1"]
     env_before = dict(os.environ)
@@ -82,6 +82,11 @@ def test_cli_nproc_launches_ranks_and_refuses_existing_folder(tmp_path, capsys):
     assert ckpt["recipe"]["batch_size"] == 2
     # a second launch into the same folder fails in every rank and returns the error code
     assert main(args) == 2
+    # a distributed run resumes as a distributed run
+    assert main(["train", "--nproc", "2", *FLAGS, "--out", str(out), "--resume", *OVERRIDES, "steps=4",
+                 "log_every=1"]) == 0
+    assert load_checkpoint(out / "checkpoints" / "final.pt")["step"] == 4
+    assert [int(r["step"]) for r in csv.DictReader(open(out / "metrics.csv")) if r["loss"]] == [1, 2, 3, 4]
 
 
 def test_environment_parsing_and_helpers(monkeypatch):
