@@ -11,7 +11,9 @@ level-2 output block (only the Model Garden SpineNet has one; the TPU code's gra
 Heads (official TPU ``heads.py`` with ``use_batch_norm: true``; widths from the yamls):
 
 * RPN: ``rpn_convs`` shared 3x3 convs with **per-level** BatchNorm (the official head keeps one BN per level),
-  then 1x1 objectness (one logit per anchor) and 1x1 box deltas.
+  then 1x1 objectness (one logit per anchor) and 1x1 box deltas. One conv for every model: that is what the
+  zoo's parameter counts and FLOPs hold (the 190 yaml's ``rpn_head: num_convs: 7`` would add 8 M parameters,
+  +4.8 %; ``rpn_convs=7`` builds that literal reading).
 * Box head: ``box_convs`` 3x3 convs + BN + activation on the 7x7 RoI features, flatten, ``box_fcs`` fully
   connected layers + BN + activation (4 convs + 1 FC of 1024 in every SpineNet yaml; 512 for 49S), then the
   class and class-specific box predictors (torchvision's ``FastRCNNPredictor``).
@@ -26,10 +28,10 @@ eps 1e-3 (PyTorch momentum 0.01), relu (swish for 190), as the yamls.
 torchvision supplies the rest, with the official settings where they are exposed: RPN matching 0.7 / 0.3,
 256 anchors per image at half positives; proposals 2000 per level before NMS 0.7, 1000 after (train and test);
 512 RoIs per image at a quarter positives (IoU 0.5); detections score > 0.05, NMS 0.5, 100 per image; masks
-binarised at 0.5 after pasting. Known differences, not replicated: torchvision's RPN codes deltas as
-(dx, dy, dw, dh) where the official code uses (dy, dx, dh, dw) (only a channel order, irrelevant when training
-from scratch), its Fast R-CNN box loss is smooth-L1 with beta 1/9 (official Huber delta 1.0), and it does not
-add the ground-truth boxes' jitter-free copies to the RoI samples in exactly the official order.
+binarised at 0.5 after pasting; ground-truth boxes join the RoI candidates (official ``mix_gt_boxes``). Known
+differences, not replicated: torchvision's RPN codes deltas as (dx, dy, dw, dh) where the official code uses
+(dy, dx, dh, dw) (only a channel order, irrelevant when training from scratch), and its Fast R-CNN box loss is
+smooth-L1 with beta 1/9 (official Huber delta 1.0).
 
 With 91 classes the parameter counts come within 1% of the official model zoo (tests/test_maskrcnn.py).
 """
@@ -285,6 +287,13 @@ def maskrcnn_macs(model: SpineNetMaskRCNN, size: int | tuple[int, int] | None = 
     return detector_macs(model, size) + counter.get_total_flops() // 2
 
 
+def _count(value: Any, what: str) -> int:
+    """A layer count: an integer >= 0 (0 convs / FCs is a valid head, e.g. Model Garden's default box head)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{what} must be an integer >= 0, got {value!r}")
+    return value
+
+
 def create_maskrcnn(defn: MaskRCNNDef, *, num_classes: int = 91, image_size: int | None = None,
                     weights: str | None = None, **overrides: Any) -> SpineNetMaskRCNN:
     """Build a registered SpineNet Mask R-CNN (called by :func:`spinenet.models.create_detector`).
@@ -319,7 +328,8 @@ def create_maskrcnn(defn: MaskRCNNDef, *, num_classes: int = 91, image_size: int
         "num_classes": num_classes,
         "image_size": image_size,
         "backbone": config_to_json(backbone_cfg),
-        "heads": {**{k: _positive_int(v, k) if k != "rpn_convs" else int(v) for k, v in head.items()},
+        "heads": {**{k: _count(v, k) if k.endswith(("_convs", "_fcs")) else _positive_int(v, k)
+                     for k, v in head.items()},
                   "activation": backbone_cfg["activation"], "bn_eps": backbone_cfg["bn_eps"],
                   "bn_momentum": backbone_cfg["bn_momentum"]},
         "anchors": {"min_level": backbone_cfg["min_level"], "max_level": backbone_cfg["max_level"],
