@@ -157,3 +157,11 @@ def test_cli_trains_maskrcnn_on_coco_polygons(tmp_path, one_thread):
     assert ckpt["classes"] == ["__background__", "blob"]
     row = (out / "metrics.csv").read_text().splitlines()[0]
     assert "loss_mask" in row and "val_mask_AP50" in row  # mask loss logged, mask AP evaluated
+
+
+def test_boxes_only_data_is_refused_for_mask_rcnn(tmp_path, capsys):
+    from spinenet.cli import main
+
+    assert main(["train", "--model", "maskrcnn_spinenet49s", "--data", "trees:osbs", "--out", str(tmp_path / "r"),
+                 "--device", "cpu", "--recipe", "smoke"]) == 2
+    assert "boxes only" in capsys.readouterr().err

@@ -60,6 +60,10 @@ class DetectionTask:
         tile = recipe.extra.get("tile_size")
         tile = int(tile) if tile else None
         train = self._open(self.data, tile_size=tile)
+        if self.needs_masks and not getattr(train, "with_masks", False):
+            raise ValueError(f"--model {self.model_name} trains on instance masks, but --data {self.data} has boxes "
+                             "only; give a COCO .json with 'segmentation' per annotation or nuclei:<half>, or "
+                             "train a retinanet_* model")
         val_tile = recipe.extra.get("val_tile_size", recipe.extra.get("tile_size"))
         val = (self._open(self.val_data, list(train.classes), tile_size=int(val_tile) if val_tile else None)
                if self.val_data else None)
