@@ -30,7 +30,8 @@ def cmd_list(args: argparse.Namespace) -> int:
         print(f"{name:30s} backbone  {d.description} (default input {d.default_size}, flavor {d.flavor})")
     for name in list_detectors(args.pattern):
         d = get_detector_def(name)
-        print(f"{name:30s} detector  RetinaNet on {d.backbone} (input {d.image_size})")
+        family = {"maskrcnn": "Mask R-CNN"}.get(getattr(d, "family", ""), "RetinaNet")
+        print(f"{name:30s} detector  {family} on {d.backbone} (input {d.image_size})")
     return 0
 
 
@@ -68,7 +69,9 @@ def cmd_summary(args: argparse.Namespace) -> int:
         model, default = _build(name, args.flavor)
         size = args.size or (default, default)
         counted = model.macs_module() if hasattr(model, "macs_module") else model  # detectors: backbone + head
-        rows.append({"model": name, "params": count_params(model), "macs": count_macs(counted, size),
+        # Mask R-CNN: + RoI heads at 1000 proposals / 100 masks (the zoo's convention)
+        macs = model.total_macs(size) if hasattr(model, "total_macs") else count_macs(counted, size)
+        rows.append({"model": name, "params": count_params(model), "macs": macs,
                      "size": list(size), "flavor": _flavor(model)})
     if args.json:
         print(json.dumps(rows, indent=2))
@@ -91,9 +94,15 @@ def cmd_draw(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    import os
+
     from .engine import Trainer, get_recipe, parse_overrides
+    from .engine.distributed import cleanup_distributed, init_distributed, launch_local, python_module_command, \
+        strip_nproc
     from .tasks import get_task
 
+    if args.nproc is not None and "RANK" not in os.environ:  # the launcher: N copies of this command, DDP
+        return launch_local(args.nproc, python_module_command(strip_nproc(args.argv)))
     recipe = parse_overrides(get_recipe(args.recipe or DEFAULT_RECIPES[args.task]), args.overrides)
     if args.task == "detection":
         task_kwargs = {"classes": args.classes} if args.classes else {}
@@ -102,8 +111,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     else:
         task_kwargs = {"report_dir": args.out}  # confusion matrix / overlay PNGs beside metrics.csv
     task = get_task(args.task, model=args.model, data=args.data, val_data=args.val_data, **task_kwargs)
-    trainer = Trainer(task, recipe, args.out, device=args.device, resume=args.resume)
-    metrics = trainer.fit()
+    dist, device = init_distributed(args.device)  # torchrun / --nproc environment; a no-op for one process
+    try:
+        trainer = Trainer(task, recipe, args.out, device=device, resume=args.resume, dist=dist)
+        metrics = trainer.fit()
+    finally:
+        cleanup_distributed()
+    if not dist.is_main:
+        return 0
     if metrics:
         print(" ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
     print(f"checkpoints, metrics.csv and curves.png in {args.out}")
@@ -132,7 +147,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .data.evaluation import predictions_to_coco_results, save_results_json
     from .engine import resolve_device
     from .engine.checkpoint import load_checkpoint
-    from .tasks.detection import DETECTION_METRICS, evaluate_predictions, inference_size, predict_dataset
+    from .tasks.detection import DETECTION_METRICS, MASK_METRICS, evaluate_predictions, inference_size, \
+        predict_dataset
 
     ckpt = load_checkpoint(args.checkpoint, map_location="cpu")
     if ckpt["task"] != "detection":  # classification / segmentation: one dispatch on the checkpoint's task
@@ -156,6 +172,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         predictions = predict_dataset(model, dataset, device)
     metrics = evaluate_predictions(predictions, dataset)
     print("  ".join(f"{k} {metrics[k]:.4f}" for k in DETECTION_METRICS))
+    if "mask_AP" in metrics:  # Mask R-CNN on a set with instance masks: COCO segm metrics
+        print("  ".join(f"{k} {metrics[k]:.4f}" for k in MASK_METRICS))
     if args.out:
         ids = list(predictions)
         results = predictions_to_coco_results([predictions[i] for i in ids], ids, dataset.category_ids)
@@ -199,10 +217,15 @@ def cmd_predict(args: argparse.Namespace) -> int:
             (det,) = model([image.to(device).float() / 255])
         keep = det["scores"] >= args.score_thresh
         boxes, scores, labels = det["boxes"][keep].cpu(), det["scores"][keep].cpu(), det["labels"][keep].cpu()
-        for box, score, label in zip(boxes.tolist(), scores.tolist(), labels.tolist()):
+        masks = det["masks"][keep].cpu() if "masks" in det else None  # Mask R-CNN: [K, 1, H, W] probabilities
+        from .data.masks import masks_to_rles
+
+        rles = masks_to_rles(masks) if masks is not None else [None] * len(boxes)
+        for box, score, label, rle in zip(boxes.tolist(), scores.tolist(), labels.tolist(), rles):
             records.append({"file_name": str(image_path), "bbox": [box[0], box[1], box[2] - box[0], box[3] - box[1]],
-                            "score": score, "category_id": int(category_ids[label]), "category": classes[label]})
-        drawn = draw_detections(image, boxes, scores, [classes[i] for i in labels.tolist()])
+                            "score": score, "category_id": int(category_ids[label]), "category": classes[label],
+                            **({"segmentation": rle} if rle is not None else {})})
+        drawn = draw_detections(image, boxes, scores, [classes[i] for i in labels.tolist()], masks=masks)
         drawn.save(out / (Path(image_path).stem + "_pred.png"))
     import json
 
@@ -314,18 +337,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train a model (one engine and grammar for every task)")
     p.add_argument("--task", choices=("detection", "classification", "segmentation"), default="detection")
-    p.add_argument("--model", required=True, help="e.g. retinanet_spinenet49s (detection), spinenet49s "
-                   "(classification / segmentation; see spinenet.models.list_classifiers, list_segmenters)")
-    p.add_argument("--data", required=True, help="detection: COCO .json, VOC folder, or trees:<yell-train|yell-val|"
-                   "osbs|soap>; classification: an image folder ROOT/<class>/*.jpg|png, or fashion-mnist:<train|test>"
-                   "[:N]; segmentation: nuclei:<left|right|top|bottom>")
+    p.add_argument("--model", required=True, help="e.g. retinanet_spinenet49s or maskrcnn_spinenet49 (detection; "
+                   "the family follows the name, see `spinenet list`), spinenet49s (classification / segmentation; "
+                   "see spinenet.models.list_classifiers, list_segmenters)")
+    p.add_argument("--data", required=True, help="detection: COCO .json, VOC folder, trees:<yell-train|yell-val|"
+                   "osbs|soap>, or nuclei:<left|right|top|bottom> (instance masks); classification: an image folder "
+                   "ROOT/<class>/*.jpg|png, or fashion-mnist:<train|test>[:N]; segmentation: "
+                   "nuclei:<left|right|top|bottom>")
     p.add_argument("--val-data", help="evaluation set (same forms as --data)")
     p.add_argument("--classes", help="class mode of built-in sets, e.g. dead_alive for trees:soap")
-    p.add_argument("--recipe", help="named recipe (coco-protocol-a|b|c, trees-cpu, imagenet, fashion-mnist-cpu, "
-                   "nuclei-cpu, smoke; default: trees-cpu, fashion-mnist-cpu or nuclei-cpu by --task)")
+    p.add_argument("--recipe", help="named recipe (coco-protocol-a|b|c, trees-cpu, nuclei-maskrcnn-cpu, imagenet, "
+                   "fashion-mnist-cpu, nuclei-cpu, smoke; default: trees-cpu, fashion-mnist-cpu or nuclei-cpu by "
+                   "--task)")
     p.add_argument("--out", required=True, help="run folder (refused if it exists, unless --resume)")
     p.add_argument("--device", help="cpu or cuda[:N] (default: cuda if available)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--nproc", type=int, metavar="N",
+                   help="data-parallel training in N local processes (DDP: NCCL on CUDA, gloo on CPU; batch_size "
+                        "is per process); or start the command with torchrun (docs/distributed.md)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="recipe fields, e.g. steps=200 lr=0.05")
     p.set_defaults(func=cmd_train)
 
@@ -340,7 +369,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device")
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("predict", help="run a checkpoint on images (boxes, top-5 classes, or masks by its task)")
+    p = sub.add_parser("predict", help="run a checkpoint on images (boxes and Mask R-CNN masks, top-5 classes, or "
+                       "segmentation masks, by its task)")
     p.add_argument("--checkpoint", required=True)
     p.add_argument("images", nargs="+", metavar="IMAGE")
     p.add_argument("--out", required=True, help="folder for predictions.json and drawn images (segmentation: also "
@@ -424,6 +454,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # what `train --nproc N` re-runs in each process
     try:
         return args.func(args)
     except (ValueError, FileNotFoundError) as err:

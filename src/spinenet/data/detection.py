@@ -162,6 +162,8 @@ class DetectionDataset(Dataset):
         self.transforms = transforms
         self.name = name
         self.has_difficult = any(r.difficult is not None for r in self.records)
+        # Instance masks (Mask R-CNN): subclasses that can provide them set this and implement load_masks.
+        self.with_masks: bool = getattr(self, "with_masks", False)
         self.stats: dict[str, int] = {
             "images": len(self.records),
             "boxes": int(sum(len(r.boxes) for r in self.records)),
@@ -212,9 +214,14 @@ class DetectionDataset(Dataset):
             image = image[:, y0:y1, x0:x1].contiguous()
         return image
 
+    def load_masks(self, record: ImageRecord, height: int, width: int) -> torch.Tensor:
+        """``uint8 [K, height, width]`` instance masks of the record's boxes (datasets with ``with_masks``)."""
+        raise NotImplementedError(f"{type(self).__name__} has no instance masks")
+
     def _target(self, index: int, record: ImageRecord, image: torch.Tensor) -> dict[str, Any]:
         boxes, labels, difficult = record.boxes, record.labels, record.difficult
         height, width = int(image.shape[-2]), int(image.shape[-1])
+        masks = self.load_masks(record, height, width) if self.with_masks else None
         if (width, height) != (record.width, record.height):
             # The file disagrees with the annotation's declared size: trust the pixels, re-clip, say so once.
             if index not in self._size_warned and record.width > 0:
@@ -227,6 +234,7 @@ class DetectionDataset(Dataset):
             boxes, keep, _ = clip_boxes(boxes, width, height)
             boxes, labels = boxes[keep], labels[keep]
             difficult = difficult[keep] if difficult is not None else None
+            masks = masks[torch.from_numpy(keep)] if masks is not None else None
         target: dict[str, Any] = {
             "boxes": torch.as_tensor(boxes, dtype=torch.float32).reshape(-1, 4),
             "labels": torch.as_tensor(labels, dtype=torch.int64).reshape(-1),
@@ -236,6 +244,8 @@ class DetectionDataset(Dataset):
         if self.has_difficult:
             flags = difficult if difficult is not None else np.zeros(len(labels), dtype=bool)
             target["difficult"] = torch.as_tensor(flags, dtype=torch.bool).reshape(-1)
+        if masks is not None:
+            target["masks"] = masks
         return target
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, Any]]:
@@ -340,6 +350,9 @@ class CocoDetection(DetectionDataset):
     :meth:`to_coco` / :attr:`coco`, so COCOeval can ignore detections on crowds as the official protocol does.
     Annotations without an ``id`` get fresh ids above the largest given one (pycocotools requires ids).
     Images with no annotations are kept (they teach the detector what background looks like).
+
+    ``masks=True`` (Mask R-CNN) adds ``target["masks"]`` (``uint8 [K, H, W]``) decoded from each annotation's
+    ``segmentation`` -- polygons, RLE or uncompressed RLE; an annotation without one is a ``ValueError``.
     """
 
     def __init__(
@@ -347,8 +360,10 @@ class CocoDetection(DetectionDataset):
         ann_file: str | os.PathLike[str],
         image_root: str | os.PathLike[str] | None = None,
         transforms: Transform | None = None,
+        masks: bool = False,
     ) -> None:
         self.ann_file = Path(ann_file)
+        self.with_masks = bool(masks)
         self.image_root = Path(image_root) if image_root is not None else _default_image_root(self.ann_file)
         data = _load_json(self.ann_file)
         self._dataset = self._validate(data)
@@ -385,7 +400,9 @@ class CocoDetection(DetectionDataset):
                     height=int(img["height"]),
                     boxes=boxes[keep],
                     labels=labels[keep],
-                    meta={"ann_ids": [a["id"] for a, k in zip(anns, keep) if k]},
+                    meta={"ann_ids": [a["id"] for a, k in zip(anns, keep) if k],
+                          **({"segmentations": [a["segmentation"] for a, k in zip(anns, keep) if k]}
+                             if masks else {})},
                 )
             )
         super().__init__(records, classes, category_ids, transforms, stats, name=str(self.ann_file))
@@ -470,7 +487,19 @@ class CocoDetection(DetectionDataset):
                 raise ValueError(f"{src}: {where} needs 'bbox' = [x, y, width, height] of finite numbers, got {bbox!r}")
             ann.setdefault("iscrowd", 0)
             ann.setdefault("area", float(bbox[2]) * float(bbox[3]))
+            if self.with_masks:
+                from .masks import check_segmentation
+
+                if "segmentation" not in ann:
+                    raise ValueError(f"{src}: {where} has no 'segmentation'; instance masks (Mask R-CNN) need one "
+                                     "per annotation, or train a box-only detector")
+                check_segmentation(ann["segmentation"], f"{src}: {where}")
         return data
+
+    def load_masks(self, record: ImageRecord, height: int, width: int) -> torch.Tensor:
+        from .masks import segmentations_to_masks
+
+        return segmentations_to_masks(record.meta.get("segmentations", []), height, width)
 
     def to_coco(self, difficult_as_crowd: bool = True) -> dict[str, Any]:
         """The validated source dict (original, unclipped boxes, crowd annotations included), deep-copied."""
@@ -663,6 +692,8 @@ def _slice_text(selection: slice) -> str:
 def dataset_from_path(path: str | os.PathLike[str], split: str | None = None, **kwargs: Any) -> DetectionDataset:
     """Open a detection dataset from a path or a built-in name.
 
+    * ``"nuclei:<half>"`` -> :func:`spinenet.data.nuclei_instances.nuclei_instances` (stardist nuclei with
+      instance masks; ``left``, ``right``, ``top``, ``bottom``; ``tile_size=N`` cuts training tiles).
     * ``"trees:<name>"`` -> :func:`spinenet.data.trees.trees_dataset` (``yell-train``, ``yell-val``, ``osbs``,
       ``soap``; ``"trees:yell"`` with ``split="train"`` means ``yell-train``).
     * a ``.json`` file -> :class:`CocoDetection` (``image_root`` default: ``images/`` beside it, else its folder).
@@ -683,6 +714,10 @@ def dataset_from_path(path: str | os.PathLike[str], split: str | None = None, **
         if not len(dataset):
             raise ValueError(f"{text}: the slice [{_slice_text(selection)}] selects no images")
         return dataset
+    if text.startswith("nuclei:"):
+        from .nuclei_instances import nuclei_instances
+
+        return nuclei_instances(text[len("nuclei:") :], **kwargs)
     if text.startswith("trees:"):
         from .trees import trees_dataset
 

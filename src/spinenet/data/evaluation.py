@@ -6,6 +6,9 @@ dataset's own category ids, runs the standard 12-number summary quietly, and ret
 
 Undefined numbers -- COCOeval's ``-1``, e.g. ``APs`` when the ground truth has no small objects -- are returned
 as ``nan`` rather than a fake 0 or -1. With no detections at all every defined AP/AR is ``0.0``.
+
+Mask R-CNN predictions carry ``segmentation`` (one COCO RLE per detection, :mod:`spinenet.data.masks`);
+``evaluate_coco(..., iou_type="segm")`` scores those against the ground truth's polygons / RLEs (COCO mask AP).
 """
 
 from __future__ import annotations
@@ -76,7 +79,8 @@ def predictions_to_coco_results(
     image_ids: Sequence[int],
     label_to_category: LabelMap,
 ) -> list[dict[str, Any]]:
-    """Detector outputs -> COCO result records ``{"image_id", "category_id", "bbox": [x, y, w, h], "score"}``.
+    """Detector outputs -> COCO result records ``{"image_id", "category_id", "bbox": [x, y, w, h], "score"}``
+    (plus ``segmentation`` when the prediction has one RLE per detection under that key).
 
     ``predictions[i]`` (``boxes`` xyxy pixels, ``scores``, ``labels``) belongs to ``image_ids[i]``. Boxes must be
     in the pixel frame of the ground truth (the original image, not a resized copy). A label without a
@@ -94,7 +98,10 @@ def predictions_to_coco_results(
             raise ValueError(
                 f"image id {image_id}: {len(boxes)} boxes, {len(scores)} scores and {len(labels)} labels differ"
             )
-        for box, score, label in zip(boxes.tolist(), scores.tolist(), labels.tolist()):
+        segs = pred.get("segmentation")
+        if segs is not None and len(segs) != len(boxes):
+            raise ValueError(f"image id {image_id}: {len(segs)} mask RLEs for {len(boxes)} boxes")
+        for k, (box, score, label) in enumerate(zip(boxes.tolist(), scores.tolist(), labels.tolist())):
             if label not in mapping:
                 raise ValueError(
                     f"image id {image_id}: predicted label {label} has no category (known labels "
@@ -106,6 +113,7 @@ def predictions_to_coco_results(
                     "category_id": mapping[label],
                     "bbox": [box[0], box[1], box[2] - box[0], box[3] - box[1]],
                     "score": float(score),
+                    **({"segmentation": segs[k]} if segs is not None else {}),
                 }
             )
     return results
@@ -157,6 +165,7 @@ def evaluate_coco(
     image_ids: Sequence[int] | None = None,
     eval_image_ids: Sequence[int] | None = None,
     verbose: bool = False,
+    iou_type: str = "bbox",
 ) -> dict[str, float]:
     """COCO bbox metrics of ``predictions`` against ``coco_gt`` (a COCO-format dict or a pycocotools ``COCO``).
 
@@ -164,13 +173,21 @@ def evaluate_coco(
     ``image_ids`` (or each with an ``"image_id"`` key), or ready COCO result records. Every ground-truth image is
     evaluated unless ``eval_image_ids`` restricts it (an image without detections is all misses, as it should
     be). Returns floats in ``[0, 1]`` keyed ``AP, AP50, AP75, APs, APm, APl`` plus ``AR1 .. ARl``; undefined
-    entries are ``nan``. pycocotools' prints are captured unless ``verbose``.
+    entries are ``nan``. pycocotools' prints are captured unless ``verbose``. ``iou_type="segm"`` gives mask AP
+    (predictions need ``segmentation`` RLEs, the ground truth ``segmentation`` polygons or RLEs).
     """
+    if iou_type not in ("bbox", "segm"):
+        raise ValueError(f"iou_type={iou_type!r}: expected 'bbox' or 'segm'")
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
     gt = coco_gt if isinstance(coco_gt, COCO) else coco_from_dict(coco_gt)
     results = _normalise_predictions(predictions, image_ids, label_to_category)
+    if iou_type == "segm":
+        if any("segmentation" not in r for r in results):
+            raise ValueError("iou_type='segm' needs a 'segmentation' RLE in every prediction (a Mask R-CNN's)")
+        # without "bbox", loadRes takes areas and boxes from the masks, as COCO's mask evaluation does
+        results = [{k: v for k, v in r.items() if k != "bbox"} for r in results]
     known = set(gt.getImgIds())
     stray = sorted({r["image_id"] for r in results} - known)
     if stray:
@@ -193,7 +210,7 @@ def evaluate_coco(
     sink = contextlib.nullcontext() if verbose else contextlib.redirect_stdout(io.StringIO())
     with sink:
         dt = gt.loadRes(copy.deepcopy(results))
-        evaluator = COCOeval(gt, dt, iouType="bbox")
+        evaluator = COCOeval(gt, dt, iouType=iou_type)
         evaluator.params.imgIds = eval_ids
         evaluator.evaluate()
         evaluator.accumulate()

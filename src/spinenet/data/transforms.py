@@ -36,7 +36,7 @@ __all__ = [
 
 Target = dict[str, Any]
 # Per-box entries that must follow ``boxes`` when boxes are dropped.
-PER_BOX_KEYS = ("labels", "difficult", "iscrowd", "area")
+PER_BOX_KEYS = ("labels", "difficult", "iscrowd", "area", "masks")
 
 
 def filter_boxes(target: Target, keep: torch.Tensor) -> Target:
@@ -203,6 +203,15 @@ class ScaleJitterCrop:
         valid_h, valid_w = image.shape[-2:]
         if (valid_h, valid_w) != (out_h, out_w):
             image = torch.nn.functional.pad(image, (0, out_w - valid_w, 0, out_h - valid_h))
+        if "masks" in target:  # instance masks: nearest resize, same crop and padding as the image
+            masks = target["masks"]
+            if masks.shape[0] and (new_h, new_w) != (height, width):
+                masks = F.resize(masks, [new_h, new_w], interpolation=F.InterpolationMode.NEAREST)
+            elif not masks.shape[0]:
+                masks = masks.new_zeros((0, new_h, new_w))
+            masks = masks[:, off_y : off_y + out_h, off_x : off_x + out_w]
+            masks = torch.nn.functional.pad(masks, (0, out_w - valid_w, 0, out_h - valid_h))
+            target = {**target, "masks": masks.contiguous()}
 
         sx, sy = new_w / width, new_h / height  # exact per-axis factors after rounding the size
         boxes = target["boxes"].to(torch.float32) * torch.tensor([sx, sy, sx, sy])

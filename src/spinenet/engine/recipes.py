@@ -112,6 +112,29 @@ def trees_cpu() -> Recipe:
 
 
 @recipe
+def nuclei_maskrcnn_cpu() -> Recipe:
+    """A tiny ``maskrcnn_spinenet49s`` from scratch on the stardist nuclei (about 100 s on one CPU thread):
+
+        spinenet train --model maskrcnn_spinenet49s --data nuclei:left --val-data nuclei:right \
+            --recipe nuclei-maskrcnn-cpu --out runs/nuclei --device cpu
+
+    100 steps of 4 random 128-pixel crops (``tile_size=128``, scale jitter 0.8-1.25, flips) of the left half,
+    evaluated on the whole right half at its native 512 x 256 (``eval_image_size=512``). The model is SpineNet-49S
+    at a quarter of its filters (``model.filter_size_scale=0.25``, 32-channel endpoints and heads, FC 128), with
+    128 sampled RoIs and 300 proposals per training image instead of the official 512 / 1000 (half the time per
+    step on a CPU). Measured on the right half's 57 nuclei (2 shared cores, one thread): mask AP50 0.756 / 0.827 /
+    0.822 and mask AP 0.319 / 0.406 / 0.405 for seeds 0 / 1 / 2 (tests/test_nuclei_maskrcnn.py asks for 0.3).
+    """
+    return Recipe("nuclei-maskrcnn-cpu", image_size=128, batch_size=4, steps=100, lr=0.08, warmup_steps=10,
+                  warmup_factor=0.1, schedule="cosine", bn_momentum=0.1, precision="fp32", scale_min=0.8,
+                  scale_max=1.25, checkpoint_every=100, extra={
+                      "tile_size": 128, "val_tile_size": 0, "eval_image_size": 512,
+                      "model.filter_size_scale": 0.25, "model.endpoints_num_filters": 32, "model.head_width": 32,
+                      "model.box_fc_dim": 128, "model.box_batch_size_per_image": 128,
+                      "model.rpn_post_nms_top_n_train": 300})
+
+
+@recipe
 def smoke() -> Recipe:
     """A few steps for tests."""
     return Recipe("smoke", image_size=128, batch_size=2, steps=4, lr=0.01, warmup_steps=2, checkpoint_every=2,

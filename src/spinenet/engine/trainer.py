@@ -121,6 +121,8 @@ class Trainer:
         if resume and not self.last.is_file():
             raise FileNotFoundError(f"--resume: no checkpoint at {self.last}; start without --resume")
         self.resume = resume
+        if self.dist.world_size > 1:  # every rank checks the folder before rank 0 writes into it
+            torch.distributed.barrier()
 
     # ------------------------------------------------------------------------------------------------ set-up
     def _setup(self) -> None:
@@ -134,6 +136,9 @@ class Trainer:
             report = load_pretrained(self.model, str(r.extra["init_weights"]))
             if self.dist.is_main:
                 print(f"init_weights: {report.summary()}")
+        if self.dist.world_size > 1 and self.device.type == "cuda":
+            # the official SyncBN; torch has no CPU SyncBatchNorm, so CPU runs keep per-process BN statistics
+            self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
         self.model_core = self.model
         if self.dist.world_size > 1:
             self.model = nn.parallel.DistributedDataParallel(

@@ -16,6 +16,7 @@ from .detection import (
     get_detector_def,
     list_detectors,
 )
+from .maskrcnn import MaskRCNNDef, SpineNetMaskRCNN
 from .segmentation import (
     SpineNetSegmenter,
     create_segmenter,
@@ -24,7 +25,7 @@ from .segmentation import (
     mean_iou,
 )
 
-__all__ = ["DetectorDef", "SpineNetClassifier", "SpineNetRetinaNet", "SpineNetSegmenter", "create_classifier",
+__all__ = ["DetectorDef", "MaskRCNNDef", "SpineNetMaskRCNN", "SpineNetClassifier", "SpineNetRetinaNet", "SpineNetSegmenter", "create_classifier",
            "create_classifier_from_config", "create_detector", "create_detector_from_config", "create_segmenter",
            "create_segmenter_from_config", "detector_macs", "get_classifier_def", "get_detector_def",
            "list_classifiers", "list_detectors", "list_segmenters", "mean_iou"]

@@ -26,7 +26,7 @@ anchor overlaps another box more.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import torch
 from torch import nn
@@ -79,6 +79,26 @@ _DETECTORS = Table("detector")
 
 def register_detector(defn: DetectorDef) -> DetectorDef:
     return _DETECTORS.register(defn)
+
+
+@dataclass(frozen=True)
+class DetectorFamily:
+    """How rows of another definition type (e.g. ``MaskRCNNDef``) build and rebuild: ``create(defn, **kwargs)``
+    and ``from_config(config)`` for configs whose ``format`` is ``config_format``."""
+
+    config_format: str
+    create: Callable[..., nn.Module]
+    from_config: Callable[[Mapping[str, Any]], nn.Module]
+
+
+# Detector families other than RetinaNet, keyed by their definition type (one table, no checks on names).
+_FAMILIES: dict[type, DetectorFamily] = {}
+
+
+def register_detector_family(def_type: type, config_format: str, create: Callable[..., nn.Module],
+                             from_config: Callable[[Mapping[str, Any]], nn.Module]) -> None:
+    """Let :func:`create_detector` / :func:`create_detector_from_config` build rows of ``def_type``."""
+    _FAMILIES[def_type] = DetectorFamily(config_format, create, from_config)
 
 
 for _row in (
@@ -250,6 +270,9 @@ def create_detector(name: str, *, num_classes: int | None = None, image_size: in
     (``num_classes`` defaults to the file's; another count re-initialises the class predictor only, for
     fine-tuning); a backbone or classifier file seeds the backbone and leaves the head freshly initialised. The
     report is on ``model.weights_report`` (:mod:`spinenet.convert.weights`).
+
+    Rows of other families in the same table (``maskrcnn_*``, :mod:`.maskrcnn`) are built by their family's
+    builder, which takes the same ``num_classes`` / ``image_size`` and its own overrides.
     """
     if weights is not None:
         from ..convert.weights import load_detector
@@ -258,6 +281,9 @@ def create_detector(name: str, *, num_classes: int | None = None, image_size: in
     if num_classes is None:
         num_classes = 91
     defn = get_detector_def(name)
+    family = _FAMILIES.get(type(defn))
+    if family is not None:  # e.g. maskrcnn_* rows (models/maskrcnn.py)
+        return family.create(defn, num_classes=num_classes, image_size=image_size, weights=weights, **overrides)
     num_classes = _positive_int(num_classes, f"create_detector({name!r}): num_classes")
     if num_classes < 2:
         raise ValueError(f"create_detector({name!r}): num_classes counts the unused label 0, so it must be >= 2")
@@ -300,9 +326,13 @@ def _backbone_from_json(data: Mapping[str, Any]) -> SpineNet:
 
 def create_detector_from_config(config: Mapping[str, Any]) -> SpineNetRetinaNet:
     """Rebuild a detector from ``model.config`` (e.g. read back from a checkpoint); same modules, fresh weights."""
+    families = {f.config_format: f for f in _FAMILIES.values()}
+    if isinstance(config, Mapping) and config.get("format") in families:
+        return families[config["format"]].from_config(config)
     if not isinstance(config, Mapping) or config.get("format") != DETECTOR_FORMAT:
         found = config.get("format") if isinstance(config, Mapping) else type(config).__name__
-        raise ValueError(f"detector config: field 'format' is {found!r}; expected {DETECTOR_FORMAT!r}")
+        raise ValueError(f"detector config: field 'format' is {found!r}; expected one of "
+                         f"{[DETECTOR_FORMAT, *families]}")
     missing = {"name", "num_classes", "image_size", "backbone", "head", "anchors", "postprocess", "loss"} - set(config)
     if missing:
         raise ValueError(f"detector config: missing field(s) {sorted(missing)}")

@@ -12,6 +12,7 @@ from torch.utils.data import Dataset
 from ..engine.recipes import Recipe
 
 DETECTION_METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+MASK_METRICS = tuple(f"mask_{k}" for k in DETECTION_METRICS)  # COCO segm metrics of Mask R-CNN models
 
 
 def _to_device(images: list[torch.Tensor], targets: list[dict] | None, device: torch.device):
@@ -32,12 +33,23 @@ class DetectionTask:
         self.classes = classes  # e.g. "dead_alive" for the SOAP tree set
 
     # -------------------------------------------------------------------------------------------- datasets
+    @property
+    def needs_masks(self) -> bool:
+        """Whether the model family trains on instance masks (the detector table's ``family``)."""
+        from ..models import get_detector_def
+
+        return getattr(get_detector_def(self.model_name), "family", "retinanet") == "maskrcnn"
+
     def _open(self, path: str, classes: list[str] | None = None, tile_size: int | None = None):
         from ..data import dataset_from_path
 
         kwargs: dict[str, Any] = {}
         if path.startswith("trees:") and tile_size and path.split(":", 1)[1].startswith("yell"):
             kwargs["tile_size"] = tile_size  # recipe field tile_size=N (default: the sets' 400 px tiles)
+        if path.startswith("nuclei:") and tile_size:
+            kwargs["tile_size"] = tile_size
+        if path.endswith(".json") and self.needs_masks:
+            kwargs["masks"] = True
         if path.startswith("trees:") and self.classes:
             kwargs["classes"] = self.classes
         elif classes is not None and not path.startswith("trees:") and not path.endswith(".json"):
@@ -48,6 +60,10 @@ class DetectionTask:
         tile = recipe.extra.get("tile_size")
         tile = int(tile) if tile else None
         train = self._open(self.data, tile_size=tile)
+        if self.needs_masks and not getattr(train, "with_masks", False):
+            raise ValueError(f"--model {self.model_name} trains on instance masks, but --data {self.data} has boxes "
+                             "only; give a COCO .json with 'segmentation' per annotation or nuclei:<half>, or "
+                             "train a retinanet_* model")
         val_tile = recipe.extra.get("val_tile_size", recipe.extra.get("tile_size"))
         val = (self._open(self.val_data, list(train.classes), tile_size=int(val_tile) if val_tile else None)
                if self.val_data else None)
@@ -125,7 +141,10 @@ def inference_size(model: nn.Module, size: int | None):
 
 
 def predict_dataset(model: nn.Module, dataset: Dataset, device: torch.device, batch_size: int = 4) -> dict[int, dict]:
-    """``{image_id: {"boxes", "scores", "labels"}}`` for every image of ``dataset`` (model in eval mode)."""
+    """``{image_id: {"boxes", "scores", "labels"}}`` for every image of ``dataset`` (model in eval mode); Mask
+    R-CNN outputs also get ``segmentation``, one COCO RLE per detection (masks binarised at 0.5)."""
+    from ..data.masks import masks_to_rles
+
     model.eval()
     out: dict[int, dict] = {}
     indices = list(range(len(dataset)))
@@ -134,12 +153,22 @@ def predict_dataset(model: nn.Module, dataset: Dataset, device: torch.device, ba
             items = [dataset[i] for i in indices[start:start + batch_size]]
             images, _ = _to_device([img for img, _ in items], None, device)
             for (_, target), det in zip(items, model(images)):
+                masks = det.pop("masks", None)
                 out[int(target["image_id"])] = {k: v.float().cpu() for k, v in det.items()}
+                if masks is not None:  # RLE now: full-image float masks of a whole set would not fit in memory
+                    out[int(target["image_id"])]["segmentation"] = masks_to_rles(masks)
     return out
 
 
 def evaluate_predictions(predictions: dict[int, dict], dataset: Dataset) -> dict[str, float]:
     from ..data.evaluation import evaluate_coco
 
-    metrics = evaluate_coco(predictions, dataset.to_coco(), dataset.category_ids)
-    return {k: float(metrics[k]) for k in DETECTION_METRICS}
+    gt = dataset.to_coco()
+    metrics = evaluate_coco(predictions, gt, dataset.category_ids)
+    out = {k: float(metrics[k]) for k in DETECTION_METRICS}
+    # mask AP when the model predicts masks and the ground truth has them (a boxes-only set gets box AP only)
+    if (predictions and all("segmentation" in p for p in predictions.values())
+            and gt["annotations"] and all("segmentation" in a for a in gt["annotations"])):
+        segm = evaluate_coco(predictions, gt, dataset.category_ids, iou_type="segm")
+        out.update({f"mask_{k}": float(segm[k]) for k in DETECTION_METRICS})
+    return out
