@@ -385,22 +385,23 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Convert a TF1 (tensorflow/tpu) or Model Garden SpineNet checkpoint. CKPT is a "
                        "checkpoint prefix, its .index file, a folder or the released .tar.gz. Every tensor must map "
                        "(missing tensors or shape mismatches fail and write nothing); the output's metadata holds the "
-                       "full model configuration. Mask R-CNN checkpoints convert as backbones (--task backbone) "
-                       "for now. See docs/weights.md.")
+                       "full model configuration. TF1 Mask R-CNN checkpoints convert with --task maskrcnn "
+                       "(unverified: no fixture). See docs/weights.md.")
     p.add_argument("checkpoint", nargs="?", metavar="CKPT")
     p.add_argument("-o", "--output", metavar="OUT.safetensors")
     p.add_argument("--preset", help="a released checkpoint's settings (spinenet convert --list-presets)")
     p.add_argument("--list-presets", action="store_true", help="print the presets and exit")
     p.add_argument("--source", choices=("tpu", "model_garden"), help="which official code wrote CKPT")
-    p.add_argument("--model", help="backbone, detector or classifier name (e.g. spinenet49, retinanet_spinenet49)")
-    p.add_argument("--task", choices=("backbone", "retinanet", "classification"),
+    p.add_argument("--model", help="backbone, detector or classifier name (e.g. spinenet49, retinanet_spinenet49, "
+                   "maskrcnn_spinenet49)")
+    p.add_argument("--task", choices=("backbone", "retinanet", "maskrcnn", "classification"),
                    help="what CKPT holds (default backbone; a detector/classifier checkpoint converts to its "
                    "backbone with --task backbone)")
     p.add_argument("--num-classes", type=int, help="logits of the checkpoint's head (COCO 91, ImageNet 1001)")
     p.add_argument("--activation", choices=("relu", "swish", "hard_swish"),
                    help="the activation the checkpoint was trained with (protocol B relu, '-best' swish)")
     p.add_argument("--bn-eps", type=float, help="BatchNorm epsilon (default per source/task: TF1 1e-4, TF1 "
-                   "classifier 1e-5, Model Garden 1e-3)")
+                   "Mask R-CNN 1e-3, TF1 classifier 1e-5, Model Garden 1e-3)")
     p.add_argument("--set", action="append", metavar="key=value",
                    help="builder override, repeatable (filter_size_scale=0.125, head_width=32, image_size=256, ...)")
     p.set_defaults(func=cmd_convert)

@@ -2,7 +2,7 @@
 
 ``convert_checkpoint`` (and ``spinenet convert``) builds the PyTorch model the checkpoint was trained as (from a
 :mod:`preset <spinenet.convert.presets>` or explicit settings), maps every tensor with the existing name maps
-(:mod:`.mapping`, :mod:`.detection_mapping`, :mod:`.classification_mapping`) through
+(:mod:`.mapping`, :mod:`.detection_mapping`, :mod:`.maskrcnn_mapping`, :mod:`.classification_mapping`) through
 :func:`~spinenet.convert.load.apply_tf_weights` (all or nothing: any missing tensor or shape mismatch raises
 and nothing is written), and saves the weights with the full configuration in the metadata
 (:mod:`.weights`). No TensorFlow is needed: :class:`~spinenet.convert.tf_checkpoint.TFCheckpoint` reads the files.
@@ -30,10 +30,11 @@ from .presets import get_preset
 from .tf_checkpoint import TFCheckpoint
 
 SOURCES = ("tpu", "model_garden")
-CONVERT_TASKS = ("backbone", "retinanet", "classification")
+CONVERT_TASKS = ("backbone", "retinanet", "maskrcnn", "classification")
 # BN defaults per (source, task) in the PyTorch momentum convention (spec 3.8, 8).
 BN_DEFAULTS = {("tpu", "backbone"): (1e-4, 0.003), ("tpu", "retinanet"): (1e-4, 0.003),
                ("tpu", "classification"): (1e-5, 0.1), ("model_garden", "backbone"): (1e-3, 0.01),
+               ("tpu", "maskrcnn"): (1e-3, 0.01),
                ("model_garden", "retinanet"): (1e-3, 0.01)}
 TAR_SUFFIXES = (".tar.gz", ".tgz", ".tar")
 
@@ -107,12 +108,15 @@ def coco_class_names() -> list[str]:
     return list(_COCO_CATEGORIES)
 
 
-def _detector_name(model: str) -> str:
+def _detector_name(model: str, family: str = "retinanet") -> str:
     from ..models.detection import get_detector_def, list_detectors
 
     if model in list_detectors():
+        if not model.startswith(family):
+            raise ValueError(f"--model {model!r} is not a {family} detector; --task {family} needs a {family}_* name "
+                             f"({', '.join(n for n in list_detectors() if n.startswith(family))})")
         return model
-    rows = [n for n in list_detectors() if get_detector_def(n).backbone == model]
+    rows = [n for n in list_detectors() if get_detector_def(n).backbone == model and n.startswith(family)]
     if not rows:
         raise ValueError(f"--model {model!r}: not a detector ({', '.join(list_detectors())}) nor a detector's backbone")
     return rows[0]
@@ -137,6 +141,18 @@ def build_model(task: str, model: str, source: str, settings: Mapping[str, Any])
             names = coco_class_names()
         detector.config["class_names"] = list(names) if names is not None else None
         return detector
+    if task == "maskrcnn":
+        from ..models.detection import create_detector
+
+        num_classes = opts.pop("num_classes", None) or 91
+        image_size = opts.pop("image_size", None)
+        names = opts.pop("class_names", None)
+        detector = create_detector(_detector_name(model, "maskrcnn"), num_classes=num_classes, image_size=image_size,
+                                   **opts)
+        if names is None and num_classes == 91:
+            names = coco_class_names()
+        detector.config["class_names"] = list(names) if names is not None else None
+        return detector
     if task == "classification":
         from ..models.classification import create_classifier
 
@@ -155,6 +171,13 @@ def tensor_maps(model: nn.Module, task: str, source: str) -> list:
         from .detection_mapping import mg_retinanet_map, tpu_retinanet_map
 
         return tpu_retinanet_map(model) if source == "tpu" else mg_retinanet_map(model)
+    if task == "maskrcnn":
+        from .maskrcnn_mapping import tpu_maskrcnn_map
+
+        if source != "tpu":
+            raise ValueError("--task maskrcnn: only TF1 (--source tpu) Mask R-CNN checkpoints have a name map; "
+                             "Model Garden Mask R-CNN checkpoints convert with --task backbone")
+        return tpu_maskrcnn_map(model)
     from .classification_mapping import tpu_classifier_map
 
     if source != "tpu":
@@ -191,6 +214,9 @@ def convert_checkpoint(checkpoint: str | os.PathLike, output: str | os.PathLike,
     task = task or "backbone"
     if task not in CONVERT_TASKS:
         raise ValueError(f"--task {task!r}: expected one of {CONVERT_TASKS}")
+    if task == "maskrcnn" and source != "tpu":
+        raise ValueError("--task maskrcnn: only TF1 (--source tpu) Mask R-CNN checkpoints have a name map; "
+                         "Model Garden Mask R-CNN checkpoints convert with --task backbone")
     if (source, task) in BN_DEFAULTS:
         eps, momentum = BN_DEFAULTS[(source, task)]
         settings.setdefault("bn_eps", eps)
@@ -199,7 +225,7 @@ def convert_checkpoint(checkpoint: str | os.PathLike, output: str | os.PathLike,
     settings.update({k: v for k, v in explicit.items() if v is not None})
     settings.update(overrides or {})
     if task == "backbone" and settings.get("num_classes") is not None:
-        raise ValueError("--num-classes applies to --task retinanet|classification, not to a backbone")
+        raise ValueError("--num-classes applies to --task retinanet|maskrcnn|classification, not to a backbone")
     out = Path(output)
     if out.suffix != ".safetensors":
         raise ValueError(f"-o {out}: the output must be a .safetensors file")

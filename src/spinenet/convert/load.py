@@ -62,6 +62,12 @@ def apply_tf_weights(module: nn.Module, ckpt: TFCheckpoint | str | os.PathLike, 
                                          f"by the anchor order (for {m.torch_key})")
                 continue
             array = array[list(m.channel_order)]
+        if m.in_order is not None:
+            if array.ndim < 2 or len(m.in_order) != array.shape[1]:
+                report.mismatched.append(f"{m.tf_key} {tuple(array.shape)}: {len(m.in_order)} inputs expected "
+                                         f"(for {m.torch_key})")
+                continue
+            array = array[:, list(m.in_order)]
         target = state[m.torch_key]
         if tuple(array.shape) != tuple(target.shape):
             report.mismatched.append(f"{m.tf_key} {tuple(array.shape)} -> {m.torch_key} {tuple(target.shape)}")

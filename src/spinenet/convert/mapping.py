@@ -34,6 +34,8 @@ class TensorMap:
     # After the transform, our entry i along axis 0 (output channel / bias index) = theirs[channel_order[i]];
     # used where the two layouts order anchors differently (TF1 RetinaNet predictors).
     channel_order: tuple[int, ...] | None = None
+    # Likewise along axis 1 (a dense kernel's inputs; the TF1 Mask R-CNN fc6 reads an (h, w, c) flatten).
+    in_order: tuple[int, ...] | None = None
 
 
 def conv_bn(torch_prefix: str, tf_conv: str, tf_bn: str, suffix: str = "", kernel: str = "kernel",

@@ -8,11 +8,11 @@ geometry, which comes from the detector table (:func:`spinenet.models.list_detec
 
 ``verified`` says whether a parity fixture covers that conversion path (backbone map, head map, BN settings):
 the Model Garden RetinaNet and the TF1 backbone/classifier paths are; the TF1 RetinaNet head (no fixture), the
-TF1 Mask R-CNN backbone scope and the TF1 mobile (``spinenet_mbconv``) backbone are not. ``supported`` is False
+TF1 Mask R-CNN checkpoints (backbone scope and heads) and the TF1 mobile (``spinenet_mbconv``) backbone are not. ``supported`` is False
 where no name map exists; converting such a preset fails with ``note`` (every released file has a map now).
 
-Mask R-CNN checkpoints convert as **backbones** (task ``backbone``; their heads are reported unused) until the
-Mask R-CNN model exists.
+TF1 Mask R-CNN checkpoints convert as whole Mask R-CNNs (task ``maskrcnn``,
+:mod:`spinenet.convert.maskrcnn_mapping`); ``--task backbone`` still takes just their backbone.
 """
 
 from __future__ import annotations
@@ -36,8 +36,8 @@ class Preset:
 
     name: str
     source: str  # "tpu" | "model_garden"
-    task: str  # "backbone" | "retinanet" | "classification"
-    model: str  # detector name for retinanet, classifier/backbone name otherwise
+    task: str  # "backbone" | "retinanet" | "maskrcnn" | "classification"
+    model: str  # detector name for retinanet/maskrcnn, classifier/backbone name otherwise
     url: str
     metric: str  # the published number (spec 8)
     activation: str
@@ -89,12 +89,16 @@ for _id, _ssl in (("143", "52.6"), ("190", "54.2")):
                 f"COCO val2017 AP {_ssl} (self-training, SoftNMS)", "swish", **TPU_RETINANET_BN, num_classes=91,
                 image_size=1280, note="settings assumed equal to spinenet-" + _id + "-best (the self-training config "
                 "was not inspected); " + _TPU_RETINANET_NOTE))
-for _id, _metric, _act in (("49", "box AP 42.8 / mask AP 37.8", "relu"), ("96", "46.8 / 41.2", "relu"),
-                           ("143", "48.7 / 42.6", "relu"), ("190", "52.0 / 45.9", "swish")):
-    _add(Preset(f"maskrcnn-spinenet-{_id}", "tpu", "backbone", f"spinenet{_id}", f"{TPU_URL}/maskrcnn/spinenet-{_id}.tar.gz",
-                f"COCO val2017 {_metric} (Mask R-CNN; backbone only here)", _act, **TPU_MASKRCNN_BN,
-                note="backbone only (the Mask R-CNN heads are reported unused); the backbone scope `spinenet/` of "
-                     "TF1 Mask R-CNN checkpoints is assumed, not checked against a fixture"))
+_TPU_MASKRCNN_NOTE = ("TF1 Mask R-CNN map (rpn_head, fast_rcnn_head, mask_head; anchors (1, 2, 0.5) -> (0.5, 1, 2), "
+                      "deltas (dy, dx, dh, dw) -> (dx, dy, dw, dh)) derived from tensorflow/tpu heads.py and checked "
+                      "by a synthetic TF1-layout round trip only: no TF1 Mask R-CNN fixture; RoIAlign sampling and "
+                      "proposal selection differ from TF1 (docs/weights.md)")
+for _id, _size, _metric, _act in (("49", 640, "box AP 42.8 / mask AP 37.8", "relu"),
+                                  ("96", 1024, "46.8 / 41.2", "relu"), ("143", 1280, "48.7 / 42.6", "relu"),
+                                  ("190", 1536, "52.0 / 45.9", "swish")):
+    _add(Preset(f"maskrcnn-spinenet-{_id}", "tpu", "maskrcnn", f"maskrcnn_spinenet{_id}",
+                f"{TPU_URL}/maskrcnn/spinenet-{_id}.tar.gz", f"COCO val2017 {_metric} (Mask R-CNN)", _act,
+                **TPU_MASKRCNN_BN, num_classes=91, image_size=_size, note=_TPU_MASKRCNN_NOTE))
 for _id, _top1 in (("49", "77.0"), ("96", "78.2"), ("143", "79.0")):
     _add(Preset(f"spinenet-{_id}-imagenet", "tpu", "classification", f"spinenet{_id}",
                 f"{TPU_URL}/classification/spinenet-{_id}-imagenet.tar.gz", f"ImageNet top-1 {_top1} (vanilla, relu)",

@@ -3,7 +3,7 @@
 A weights file (``spinenet-weights/1``) stores a model's state dict plus, in the safetensors metadata,
 
 * ``format`` -- ``spinenet-weights/1``;
-* ``task`` -- ``backbone``, ``retinanet`` or ``classification``;
+* ``task`` -- ``backbone``, ``retinanet``, ``maskrcnn`` or ``classification``;
 * ``config`` -- JSON of ``model.config``: for a backbone the resolved configuration (architecture file, scaling,
   flavour, activation, BN eps/momentum, levels); for a detector or classifier its builder config, which nests the
   backbone's and adds head geometry, anchors, classes and class names;
@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 WEIGHTS_FORMAT = "spinenet-weights/1"
-TASKS = ("backbone", "retinanet", "classification")
+TASKS = ("backbone", "retinanet", "maskrcnn", "classification")
 # Backbone overrides that only matter for training; a weights file may be rebuilt with other values.
 TRAINING_ONLY = ("stochastic_depth_rate", "bn_momentum")
 # Detector settings that do not touch tensors: post-processing, losses, input size.
@@ -91,6 +91,8 @@ def model_task(model: nn.Module) -> str:
         return "retinanet"
     if fmt.startswith("spinenet-classifier/"):
         return "classification"
+    if fmt.startswith("spinenet-maskrcnn/"):
+        return "maskrcnn"
     raise ValueError(f"cannot save a {type(model).__name__}: expected a SpineNet backbone, detector or classifier")
 
 
@@ -263,6 +265,8 @@ def load_detector(name: str, path: str | os.PathLike, num_classes: int | None = 
 
     what = f"create_detector({name!r}, weights=...)"
     wf = read_weights(path)
+    if wf.task == "maskrcnn":
+        return _load_maskrcnn(name, wf, num_classes, image_size, overrides, what)
     defn = get_detector_def(name)
     head_opts, free_opts, backbone_opts = _split_detector_overrides({k: v for k, v in overrides.items()
                                                                      if v is not None})
@@ -299,6 +303,29 @@ def load_detector(name: str, path: str | os.PathLike, num_classes: int | None = 
         reinit = ("head.classifier.",)
     model = create_detector_from_config(config)  # a re-initialised predictor keeps the official prior-0.01 init
     return _attach(model, load_state(model, wf.state, wf.path, reinit=reinit))
+
+
+def _load_maskrcnn(name: str, wf: WeightsFile, num_classes: int | None, image_size: int | None,
+                   overrides: Mapping[str, Any], what: str) -> nn.Module:
+    """A Mask R-CNN file rebuilds exactly the saved Mask R-CNN (``spinenet convert --task maskrcnn``); another
+    class count or head geometry is not supported yet (seed a new model from the backbone instead)."""
+    from ..models.detection import create_detector_from_config
+
+    config = json.loads(json.dumps(wf.config))
+    if config["name"] != name:
+        raise ValueError(f"{what}: {wf.path} holds a {config['name']!r} Mask R-CNN; build that name")
+    if num_classes is not None and num_classes != config["num_classes"]:
+        raise ValueError(f"{what}: {wf.path} has {config['num_classes']} classes; loading a Mask R-CNN file with "
+                         f"another num_classes ({num_classes}) is not supported yet")
+    extra = {k: v for k, v in overrides.items() if v is not None and k not in TRAINING_ONLY}
+    if extra:
+        raise ValueError(f"{what}: {wf.path} fixes the whole Mask R-CNN configuration; drop {sorted(extra)}")
+    if overrides.get("bn_momentum") is not None:
+        config["backbone"]["bn_momentum"] = config["heads"]["bn_momentum"] = overrides["bn_momentum"]
+    if image_size is not None:
+        config["image_size"] = image_size
+    model = create_detector_from_config(config)
+    return _attach(model, load_state(model, wf.state, wf.path))
 
 
 def load_classifier(name: str, path: str | os.PathLike, num_classes: int | None = None,

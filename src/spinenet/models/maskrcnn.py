@@ -305,9 +305,10 @@ def create_maskrcnn(defn: MaskRCNNDef, *, num_classes: int = 91, image_size: int
     backbone (``min_level=2`` for P2, ``filter_size_scale``, ``activation``, ``bn_momentum``, ...).
     """
     name = defn.name
-    if weights is not None:
-        raise NotImplementedError(f"create_detector({name!r}, weights={weights!r}): no Mask R-CNN weights are "
-                                  "published in a loadable form yet; build without weights")
+    if weights is not None:  # a `spinenet convert --task maskrcnn` file (or a backbone file)
+        from ..convert.weights import load_detector
+
+        return load_detector(name, weights, num_classes=num_classes, image_size=image_size, **overrides)
     num_classes = _positive_int(num_classes, f"create_detector({name!r}): num_classes")
     if num_classes < 2:
         raise ValueError(f"create_detector({name!r}): num_classes counts the background label 0, so it must be >= 2")
