@@ -175,8 +175,10 @@ def fashion_mnist_cpu() -> Recipe:
 @recipe
 def nuclei_cpu() -> Recipe:
     """Nucleus segmentation from scratch on a CPU: random 128 px crops of one half of the stardist image with
-    flips and quarter turns, evaluated on the whole other half. Measured (README): left -> right foreground IoU
-    0.852 (Otsu 0.767); right -> left fails (IoU 0.0 with the BN running statistics; see the README)."""
+    flips and quarter turns, evaluated on the whole other half in 128 px windows with 50% overlap (recipe extras
+    ``eval_window``, default ``image_size``, 0 = one pass; ``eval_overlap``). Measured (README, 600 steps, seed 0,
+    ``spinenet49s``): left -> right foreground IoU 0.844 (Otsu 0.767); right -> left 0.431 (Otsu 0.673; 0.0 in
+    one pass): the issue's bar (0.82 averaged over both directions) is not met."""
     return Recipe("nuclei-cpu", task="segmentation", image_size=128, batch_size=8, steps=600, lr=0.05,
                   weight_decay=5e-5, warmup_steps=50, warmup_factor=0.1, schedule="cosine", scale_min=0.8,
                   scale_max=1.25, hflip=0.5, activation="relu", bn_momentum=0.1, eval_every=200,

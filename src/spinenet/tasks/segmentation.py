@@ -23,6 +23,63 @@ def _input_scale(recipe: Recipe | None) -> float:
     return float(recipe.extra.get("input_scale", 1.0)) if recipe is not None else 1.0
 
 
+EVAL_OVERLAP = 0.5
+
+
+def eval_window(recipe: Recipe | None) -> tuple[int, float]:
+    """``(window, overlap)`` of sliding-window inference: recipe extras ``eval_window`` (pixels of the model input,
+    default the training crop ``image_size``; 0 = the whole image in one pass) and ``eval_overlap`` (fraction of
+    the window shared by neighbouring windows, default 0.5). Without a recipe: the whole image.
+
+    Windows at the training crop size keep every level's spatial size (and so BN's running statistics and the
+    padding share of the top levels) as in training; one pass over a larger image does not (README)."""
+    if recipe is None:
+        return 0, EVAL_OVERLAP
+    window = recipe.extra.get("eval_window", recipe.image_size)
+    overlap = recipe.extra.get("eval_overlap", EVAL_OVERLAP)
+    if isinstance(window, bool) or not isinstance(window, int) or window < 0:
+        raise ValueError(f"recipe field eval_window must be an integer >= 0 (0 = whole image), got {window!r}")
+    if isinstance(overlap, bool) or not isinstance(overlap, (int, float)) or not 0 <= overlap < 1:
+        raise ValueError(f"recipe field eval_overlap must be a number in [0, 1), got {overlap!r}")
+    return window, float(overlap)
+
+
+def _window_starts(length: int, window: int, stride: int) -> list[int]:
+    """Window offsets covering ``0..length`` with the given stride; the last window ends at the border."""
+    if length <= window:
+        return [0]
+    starts = list(range(0, length - window + 1, stride))
+    if starts[-1] != length - window:
+        starts.append(length - window)
+    return starts
+
+
+def sliding_window_logits(model: nn.Module, image: torch.Tensor, window: int, overlap: float = EVAL_OVERLAP,
+                          device: torch.device | str = "cpu", batch_size: int = 8) -> torch.Tensor:
+    """``[C, H, W]`` float32 logits of a float ``[3, H, W]`` image from ``window x window`` tiles with the given
+    overlap, each pixel the mean of the logits of every tile covering it. An image side shorter than the window is
+    zero-padded to it (as training crops are) and the padding cut off again. ``window=0``: one pass."""
+    h, w = image.shape[-2:]
+    if window <= 0:
+        return model(image[None].to(device)).float()[0].cpu()
+    padded = F.pad(image, (0, max(window - w, 0), 0, max(window - h, 0)))
+    ph, pw = padded.shape[-2:]
+    stride = max(1, round(window * (1 - overlap)))
+    boxes = [(y, x) for y in _window_starts(ph, window, stride) for x in _window_starts(pw, window, stride)]
+    total = count = None
+    for k in range(0, len(boxes), batch_size):
+        chunk = boxes[k:k + batch_size]
+        tiles = torch.stack([padded[:, y:y + window, x:x + window] for y, x in chunk])
+        logits = model(tiles.to(device)).float().cpu()
+        if total is None:
+            total = torch.zeros(logits.shape[1], ph, pw)
+            count = torch.zeros(1, ph, pw)
+        for (y, x), tile in zip(chunk, logits):
+            total[:, y:y + window, x:x + window] += tile
+            count[:, y:y + window, x:x + window] += 1
+    return (total / count)[:, :h, :w]
+
+
 class SegmentationTask:
     """``spinenet train --task segmentation``: the model name is a segmenter (:func:`list_segmenters`)."""
 
@@ -77,29 +134,33 @@ class SegmentationTask:
         scale = _input_scale(recipe)
         if recipe is None and hasattr(model, "config"):
             scale = float(model.config.get("input_scale", 1.0))
-        return evaluate_segmentation(model, dataset, device, scale, self.report_dir)
+        window, overlap = eval_window(recipe)
+        return evaluate_segmentation(model, dataset, device, scale, self.report_dir, window, overlap)
 
 
 def predict_logits(model: nn.Module, image: torch.Tensor, device: torch.device,
-                   input_scale: float = 1.0) -> torch.Tensor:
-    """``[C, H, W]`` float32 logits at the image's own size for one float ``[3, H, W]`` image."""
+                   input_scale: float = 1.0, window: int = 0, overlap: float = EVAL_OVERLAP) -> torch.Tensor:
+    """``[C, H, W]`` float32 logits at the image's own size for one float ``[3, H, W]`` image, rescaled by
+    ``input_scale`` and run in ``window`` px tiles (:func:`sliding_window_logits`; 0 = one pass)."""
     from ..data.segmentation import rescale
 
     model.eval()
     h, w = image.shape[-2:]
     scaled, _ = rescale(image, None, input_scale)
     with torch.no_grad():
-        logits = model(scaled[None].to(device)).float()
+        logits = sliding_window_logits(model, scaled, window, overlap, device)[None]
     if tuple(logits.shape[-2:]) != (h, w):
         logits = F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False)
-    return logits[0].cpu()
+    return logits[0]
 
 
 def evaluate_segmentation(model: nn.Module, dataset: Dataset, device: torch.device, input_scale: float = 1.0,
-                          report_dir: str | os.PathLike[str] | None = None) -> dict[str, float]:
+                          report_dir: str | os.PathLike[str] | None = None, window: int = 0,
+                          overlap: float = EVAL_OVERLAP) -> dict[str, float]:
     """Foreground IoU (class 1 when there are 2 classes), mean IoU and pixel accuracy over the whole dataset (one
     confusion matrix), the same foreground IoU of an Otsu threshold of each image (brighter side = foreground,
-    computed here, in this run), and their difference ``fg_iou_minus_otsu``. With ``report_dir``, writes
+    computed here, in this run), and their difference ``fg_iou_minus_otsu``. Predictions come from
+    :func:`predict_logits` (``window`` px tiles, 0 = one pass). With ``report_dir``, writes
     ``overlays/<data>_<i>.png``: image | ground truth | prediction."""
     from ..data.segmentation import otsu_threshold
     from ..models.segmentation import confusion_matrix, iou_from_confusion
@@ -110,7 +171,7 @@ def evaluate_segmentation(model: nn.Module, dataset: Dataset, device: torch.devi
     otsu_matrix = torch.zeros(2, 2, dtype=torch.int64)
     for i in range(len(dataset)):
         image, mask = dataset[i]
-        pred = predict_logits(model, image, device, input_scale).argmax(0)
+        pred = predict_logits(model, image, device, input_scale, window, overlap).argmax(0)
         matrix += confusion_matrix(pred, mask, num_classes, ignore)
         if num_classes == 2:
             grey = image.float().mean(0)
