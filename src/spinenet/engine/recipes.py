@@ -45,6 +45,15 @@ class Recipe:
     seed: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
 
+    def model_overrides(self) -> dict[str, Any]:
+        """Builder keywords every task passes to its model: activation, stochastic depth, BN momentum (when set),
+        and every ``model.<field>=value`` override (e.g. ``model.filter_size_scale=0.25``, ``model.head_width=64``)."""
+        overrides: dict[str, Any] = {"activation": self.activation, "stochastic_depth_rate": self.stochastic_depth_rate}
+        if self.bn_momentum is not None:
+            overrides["bn_momentum"] = self.bn_momentum
+        overrides.update({k[len("model."):]: v for k, v in self.extra.items() if k.startswith("model.")})
+        return overrides
+
     def replace(self, **changes: Any) -> "Recipe":
         return dataclasses.replace(self, **changes)
 

@@ -52,12 +52,7 @@ class ClassificationTask:
     def build_model(self, recipe: Recipe, train_set: Dataset) -> nn.Module:
         from ..models import create_classifier
 
-        overrides: dict[str, Any] = {"activation": recipe.activation,
-                                     "stochastic_depth_rate": recipe.stochastic_depth_rate}
-        if recipe.bn_momentum is not None:
-            overrides["bn_momentum"] = recipe.bn_momentum
-        # ``model.<field>=value`` reaches the classifier / backbone (e.g. model.dropout=0.2, model.flavor=tpu)
-        overrides.update({k[len("model."):]: v for k, v in recipe.extra.items() if k.startswith("model.")})
+        overrides = recipe.model_overrides()  # ``model.<field>=value`` included
         return create_classifier(self.model_name, num_classes=len(train_set.classes), image_size=recipe.image_size,
                                  label_smoothing=recipe.label_smoothing, class_names=list(train_set.classes),
                                  **overrides)

@@ -98,12 +98,7 @@ class DetectionTask:
     def build_model(self, recipe: Recipe, train_set: Dataset) -> nn.Module:
         from ..models import create_detector
 
-        overrides: dict[str, Any] = {"activation": recipe.activation,
-                                     "stochastic_depth_rate": recipe.stochastic_depth_rate}
-        if recipe.bn_momentum is not None:
-            overrides["bn_momentum"] = recipe.bn_momentum
-        # ``model.<field>=value`` overrides reach the detector (e.g. model.filter_size_scale=0.25, model.head_width=64)
-        overrides.update({k[len("model."):]: v for k, v in recipe.extra.items() if k.startswith("model.")})
+        overrides = recipe.model_overrides()  # ``model.<field>=value`` included
         return create_detector(self.model_name, num_classes=len(train_set.classes), image_size=recipe.image_size,
                                **overrides)
 

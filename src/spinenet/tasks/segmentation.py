@@ -113,12 +113,7 @@ class SegmentationTask:
     def build_model(self, recipe: Recipe, train_set: Dataset) -> nn.Module:
         from ..models import create_segmenter
 
-        overrides: dict[str, Any] = {"activation": recipe.activation,
-                                     "stochastic_depth_rate": recipe.stochastic_depth_rate}
-        if recipe.bn_momentum is not None:
-            overrides["bn_momentum"] = recipe.bn_momentum
-        # ``model.<field>=value`` reaches the segmenter / backbone (e.g. model.head_width=64, model.head_convs=1)
-        overrides.update({k[len("model."):]: v for k, v in recipe.extra.items() if k.startswith("model.")})
+        overrides = recipe.model_overrides()  # ``model.<field>=value`` included
         return create_segmenter(self.model_name, num_classes=len(train_set.classes),
                                 class_names=list(train_set.classes), **overrides)
 
