@@ -1,9 +1,13 @@
 """Watchdog that removes a search's local Ray processes when the search process dies, even by ``kill -9``.
 
-Ray's GCS, raylet and workers follow their parent down at once, but its dashboard and runtime-env agents first
-try to report to the (dead) GCS and linger for about a minute. This watchdog -- started by the search in its own
-session, run as a plain script (no torch import) -- snapshots the search's process tree twice a second and, once
-the search is gone, SIGKILLs what the last snapshot held. Linux only (reads ``/proc``); elsewhere it exits.
+Ray's GCS, raylet and workers follow their parent down, but its dashboard and runtime-env agents first try to
+report to the (dead) GCS and linger for about a minute, and a worker the raylet forks just before the kill can
+outlive it. This watchdog -- started by the search in its own session, run as a plain script (no torch import) --
+recognises the search's processes two ways: the process tree under the search (snapshotted twice a second) and
+the marker ``SPINENET_SEARCH_REAPER=<token>`` that the search puts in its environment before Ray starts, which
+every process Ray forks inherits and keeps even once it is re-parented to init. Once the search is gone it
+SIGKILLs both sets, and keeps sweeping until two sweeps in a row find nothing (at most ``linger`` seconds).
+Linux only (reads ``/proc``); elsewhere it exits at once.
 """
 
 from __future__ import annotations
@@ -12,6 +16,8 @@ import os
 import signal
 import sys
 import time
+
+MARKER = "SPINENET_SEARCH_REAPER"
 
 
 def _stat(pid: int) -> tuple[int, str] | None:
@@ -27,15 +33,18 @@ def _stat(pid: int) -> tuple[int, str] | None:
     return int(fields[1]), fields[19]
 
 
+def _pids() -> list[int]:
+    return [int(entry) for entry in os.listdir("/proc") if entry.isdigit()]
+
+
 def _descendants(root: int) -> dict[int, str]:
     children: dict[int, list[int]] = {}
     starts: dict[int, str] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            info = _stat(int(entry))
-            if info is not None:
-                children.setdefault(info[0], []).append(int(entry))
-                starts[int(entry)] = info[1]
+    for pid in _pids():
+        info = _stat(pid)
+        if info is not None:
+            children.setdefault(info[0], []).append(pid)
+            starts[pid] = info[1]
     found: dict[int, str] = {}
     stack = [root]
     while stack:
@@ -46,7 +55,38 @@ def _descendants(root: int) -> dict[int, str]:
     return found
 
 
-def watch(driver: int, interval: float = 0.5) -> int:
+def _marked(token: str) -> dict[int, str]:
+    """Live processes whose environment carries ``MARKER=token`` (other users' processes are unreadable)."""
+    needle = f"{MARKER}={token}".encode()
+    found: dict[int, str] = {}
+    for pid in _pids():
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as fh:
+                environ = fh.read()
+        except OSError:
+            continue
+        if needle in environ.split(b"\0"):
+            info = _stat(pid)
+            if info is not None:
+                found[pid] = info[1]
+    return found
+
+
+def _kill(targets: dict[int, str]) -> int:
+    """SIGKILL each process that is still the one recorded (same start time: not a reused pid)."""
+    killed = 0
+    for pid, start in targets.items():
+        info = _stat(pid)
+        if info is not None and info[1] == start:
+            try:
+                os.kill(pid, signal.SIGKILL)
+                killed += 1
+            except OSError:
+                pass
+    return killed
+
+
+def watch(driver: int, token: str | None = None, interval: float = 0.5, linger: float = 30.0) -> int:
     first = _stat(driver)
     if first is None or not os.path.isdir("/proc"):
         return 0
@@ -58,15 +98,16 @@ def watch(driver: int, interval: float = 0.5) -> int:
             break
         snapshot = {p: s for p, s in _descendants(driver).items() if p != me}
         time.sleep(interval)
-    for pid, start in snapshot.items():
-        info = _stat(pid)
-        if info is not None and info[1] == start:  # the same process, not a reused pid
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except OSError:
-                pass
+    _kill(snapshot)
+    if not token:
+        return 0
+    deadline, quiet = time.time() + linger, 0
+    while time.time() < deadline and quiet < 2:
+        found = {p: s for p, s in _marked(token).items() if p != me}
+        quiet = 0 if _kill(found) else quiet + 1
+        time.sleep(interval)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(watch(int(sys.argv[1])))
+    sys.exit(watch(int(sys.argv[1]), sys.argv[2] if len(sys.argv) > 2 else None))

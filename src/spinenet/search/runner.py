@@ -113,14 +113,15 @@ def synthetic_target(space: SearchSpace, target_seed: int = 0) -> Architecture:
 def _synthetic(arch: Architecture, trial: int, payload: dict[str, Any], options: dict[str, Any]) -> dict[str, Any]:
     """Agreement with a hidden target architecture (drawn from the space with ``target_seed``).
 
-    Test hooks: ``sleep`` seconds per trial; ``log`` file that gets one line ``trial attempt`` per evaluation;
+    Test hooks: ``sleep`` seconds per trial; ``log`` file that gets one line ``trial attempt pid parent-pid`` per
+    evaluation;
     ``crash`` trial ids whose worker process dies on the first attempt, ``crash_always`` on every attempt;
     ``fail`` trial ids that raise.
     """
     space = get_space(payload["space"])
     if options.get("log"):
         with open(options["log"], "a") as fh:
-            fh.write(f"{trial} {payload.get('attempt', 1)} {os.getpid()}\n")
+            fh.write(f"{trial} {payload.get('attempt', 1)} {os.getpid()} {os.getppid()}\n")
             fh.flush()
             os.fsync(fh.fileno())
     if trial in _id_list(options.get("crash_always")):
@@ -195,7 +196,14 @@ def start_ray(workers: int, address: str | None = None) -> None:
         start_reaper()
         ray.init(**local_ray_init_kwargs(workers))
     else:
-        ray.init(address=address, log_to_driver=False, configure_logging=False)
+        try:
+            ray.init(address=address, log_to_driver=False, configure_logging=False)
+        except (ConnectionError, RuntimeError) as err:
+            raise ValueError(
+                f"--address {address}: could not join the Ray cluster ({str(err).strip().splitlines()[-1][:300]}). "
+                "Check the head's GCS address (`ray status` on the head); a cluster with token authentication "
+                "(Ray's default for `ray start`) needs RAY_AUTH_MODE=token and its token in RAY_AUTH_TOKEN or "
+                "RAY_AUTH_TOKEN_PATH") from err
 
 
 def start_reaper() -> None:
@@ -205,7 +213,10 @@ def start_reaper() -> None:
 
     from . import reaper
 
-    subprocess.Popen([sys.executable, reaper.__file__, str(os.getpid())], start_new_session=True,
+    # every process Ray forks from here on inherits the marker, so the reaper finds it even once re-parented
+    token = f"{os.getpid()}-{os.urandom(8).hex()}"
+    os.environ[reaper.MARKER] = token
+    subprocess.Popen([sys.executable, reaper.__file__, str(os.getpid()), token], start_new_session=True,
                      stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
