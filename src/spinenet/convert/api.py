@@ -130,24 +130,13 @@ def build_model(task: str, model: str, source: str, settings: Mapping[str, Any])
         from ..registry import create_model
 
         return create_model(model, **opts)
-    if task == "retinanet":
+    if task in ("retinanet", "maskrcnn"):
         from ..models.detection import create_detector
 
         num_classes = opts.pop("num_classes", None) or 91
         image_size = opts.pop("image_size", None)
         names = opts.pop("class_names", None)
-        detector = create_detector(_detector_name(model), num_classes=num_classes, image_size=image_size, **opts)
-        if names is None and num_classes == 91:
-            names = coco_class_names()
-        detector.config["class_names"] = list(names) if names is not None else None
-        return detector
-    if task == "maskrcnn":
-        from ..models.detection import create_detector
-
-        num_classes = opts.pop("num_classes", None) or 91
-        image_size = opts.pop("image_size", None)
-        names = opts.pop("class_names", None)
-        detector = create_detector(_detector_name(model, "maskrcnn"), num_classes=num_classes, image_size=image_size,
+        detector = create_detector(_detector_name(model, task), num_classes=num_classes, image_size=image_size,
                                    **opts)
         if names is None and num_classes == 91:
             names = coco_class_names()

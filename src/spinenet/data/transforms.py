@@ -68,27 +68,6 @@ class Compose:
         return f"Compose({self.transforms})"
 
 
-class RandomHorizontalFlip:
-    """Mirror the image left-right with probability ``p``; ``x1' = W - x2``, ``x2' = W - x1``."""
-
-    def __init__(self, p: float = 0.5, generator: torch.Generator | None = None) -> None:
-        if not 0.0 <= p <= 1.0:
-            raise ValueError(f"flip probability must be in [0, 1], got {p}")
-        self.p, self.generator = p, generator
-
-    def __call__(self, image: torch.Tensor, target: Target) -> tuple[torch.Tensor, Target]:
-        # Draw even when p is 0 or 1 so the random stream does not depend on p.
-        if float(torch.rand((), generator=self.generator)) >= self.p:
-            return image, target
-        width = image.shape[-1]
-        boxes = target["boxes"]
-        flipped = torch.stack([width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0], boxes[:, 3]], dim=1)
-        return image.flip(-1), _with_masks({**target, "boxes": flipped.reshape(-1, 4)}, lambda m: m.flip(-1))
-
-    def __repr__(self) -> str:
-        return f"RandomHorizontalFlip(p={self.p})"
-
-
 def _with_masks(target: Target, op: Callable[[torch.Tensor], torch.Tensor]) -> Target:
     """Apply the image's geometric ``op`` to instance masks ``[N, H, W]`` too, when the target has them."""
     if isinstance(target.get("masks"), torch.Tensor):
@@ -96,7 +75,49 @@ def _with_masks(target: Target, op: Callable[[torch.Tensor], torch.Tensor]) -> T
     return target
 
 
-class RandomVerticalFlip:
+class _RandomSquareSymmetry:
+    """Apply one symmetry of the pixel grid (``_pixels`` on the image and masks, ``_boxes`` on ``[N, 4]`` xyxy
+    boxes given ``(H, W)``) with probability ``p``. The draw happens even when ``p`` is 0 or 1, so the random
+    stream does not depend on ``p``."""
+
+    what = "flip"
+
+    def __init__(self, p: float = 0.5, generator: torch.Generator | None = None) -> None:
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"{self.what} probability must be in [0, 1], got {p}")
+        self.p, self.generator = p, generator
+
+    @staticmethod
+    def _pixels(t: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    @staticmethod
+    def _boxes(boxes: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        raise NotImplementedError
+
+    def __call__(self, image: torch.Tensor, target: Target) -> tuple[torch.Tensor, Target]:
+        if float(torch.rand((), generator=self.generator)) >= self.p:
+            return image, target
+        boxes = self._boxes(target["boxes"].reshape(-1, 4), image.shape[-2], image.shape[-1])
+        return self._pixels(image), _with_masks({**target, "boxes": boxes.reshape(-1, 4)}, self._pixels)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(p={self.p})"
+
+
+class RandomHorizontalFlip(_RandomSquareSymmetry):
+    """Mirror the image left-right with probability ``p``; ``x1' = W - x2``, ``x2' = W - x1``."""
+
+    @staticmethod
+    def _pixels(t: torch.Tensor) -> torch.Tensor:
+        return t.flip(-1)
+
+    @staticmethod
+    def _boxes(boxes: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        return torch.stack([width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0], boxes[:, 3]], dim=1)
+
+
+class RandomVerticalFlip(_RandomSquareSymmetry):
     """Mirror the image top-bottom with probability ``p``; ``y1' = H - y2``, ``y2' = H - y1``.
 
     Not part of the official (street-photo) COCO pipeline; for overhead imagery (aerial, microscopy) the
@@ -104,41 +125,28 @@ class RandomVerticalFlip:
     (each at ``p = 0.5``) every one of the 8 rotations / reflections of the square is equally likely.
     """
 
-    def __init__(self, p: float = 0.5, generator: torch.Generator | None = None) -> None:
-        if not 0.0 <= p <= 1.0:
-            raise ValueError(f"flip probability must be in [0, 1], got {p}")
-        self.p, self.generator = p, generator
+    @staticmethod
+    def _pixels(t: torch.Tensor) -> torch.Tensor:
+        return t.flip(-2)
 
-    def __call__(self, image: torch.Tensor, target: Target) -> tuple[torch.Tensor, Target]:
-        if float(torch.rand((), generator=self.generator)) >= self.p:
-            return image, target
-        height = image.shape[-2]
-        boxes = target["boxes"]
-        flipped = torch.stack([boxes[:, 0], height - boxes[:, 3], boxes[:, 2], height - boxes[:, 1]], dim=1)
-        return image.flip(-2), _with_masks({**target, "boxes": flipped.reshape(-1, 4)}, lambda m: m.flip(-2))
-
-    def __repr__(self) -> str:
-        return f"RandomVerticalFlip(p={self.p})"
+    @staticmethod
+    def _boxes(boxes: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        return torch.stack([boxes[:, 0], height - boxes[:, 3], boxes[:, 2], height - boxes[:, 1]], dim=1)
 
 
-class RandomTranspose:
+class RandomTranspose(_RandomSquareSymmetry):
     """Swap the image axes (``x <-> y``) with probability ``p``; a transpose followed by a flip is a 90 degree
     rotation (see :class:`RandomVerticalFlip` for when to use it)."""
 
-    def __init__(self, p: float = 0.5, generator: torch.Generator | None = None) -> None:
-        if not 0.0 <= p <= 1.0:
-            raise ValueError(f"transpose probability must be in [0, 1], got {p}")
-        self.p, self.generator = p, generator
+    what = "transpose"
 
-    def __call__(self, image: torch.Tensor, target: Target) -> tuple[torch.Tensor, Target]:
-        if float(torch.rand((), generator=self.generator)) >= self.p:
-            return image, target
-        boxes = target["boxes"].reshape(-1, 4)[:, [1, 0, 3, 2]]
-        swap = lambda t: t.transpose(-2, -1).contiguous()  # noqa: E731
-        return swap(image), _with_masks({**target, "boxes": boxes}, swap)
+    @staticmethod
+    def _pixels(t: torch.Tensor) -> torch.Tensor:
+        return t.transpose(-2, -1).contiguous()
 
-    def __repr__(self) -> str:
-        return f"RandomTranspose(p={self.p})"
+    @staticmethod
+    def _boxes(boxes: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        return boxes[:, [1, 0, 3, 2]]
 
 
 class ColorJitter:
