@@ -36,6 +36,10 @@ def test_overrides_are_typed_and_checked():
         parse_overrides(r, ["steps"])
     with pytest.raises(ValueError, match="unknown recipe"):
         get_recipe("protocol-z")
+    assert parse_overrides(r, ["channels_last=true"]).channels_last is True
+    assert parse_overrides(r, ["channels_last=0"]).channels_last is False
+    with pytest.raises(ValueError, match="channels_last='maybe': expected bool"):
+        parse_overrides(r, ["channels_last=maybe"])
 
 
 def test_weight_decay_only_on_conv_and_linear_weights():
@@ -70,9 +74,9 @@ def test_atomic_save_and_clear_load_errors(tmp_path):
         load_checkpoint(tmp_path / "nope.pt")
 
 
-def _trainer(out, steps, resume=False, **kw):
+def _trainer(out, steps, resume=False, extra=(), **kw):
     recipe = parse_overrides(get_recipe("smoke"), [f"steps={steps}", "checkpoint_every=2", "batch_size=2",
-                                                   "image_size=128", *TINY])
+                                                   "image_size=128", *TINY, *extra])
     task = get_task("detection", model="retinanet_spinenet49s", data="trees:osbs", val_data=kw.get("val"))
     return Trainer(task, recipe, out, device="cpu", resume=resume, progress=False)
 
@@ -92,6 +96,18 @@ def test_resume_is_exact_and_outputs_are_written(tmp_path):
     for name in ("checkpoints/last.pt", "checkpoints/final.pt", "recipe.json", "curves.png"):
         assert (tmp_path / "b" / name).exists(), name
     assert json.loads((tmp_path / "b" / "recipe.json").read_text())["steps"] == 4
+
+
+def test_channels_last_trains_in_nhwc_and_resumes_exactly(tmp_path):
+    straight = _trainer(tmp_path / "a", 2, extra=["channels_last=true"])
+    straight.fit()
+    convs = [m.weight for m in straight.model_core.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convs and all(w.is_contiguous(memory_format=torch.channels_last) for w in convs)
+    _trainer(tmp_path / "b", 2, extra=["channels_last=true"]).fit(stop_at=1)
+    resumed = _trainer(tmp_path / "b", 2, resume=True, extra=["channels_last=true"])
+    resumed.fit()
+    a, b = straight.model_core.state_dict(), resumed.model_core.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a), "N steps != N/2 + resume + N/2 in channels_last"
 
 
 def test_existing_output_is_refused_without_resume(tmp_path):

@@ -28,6 +28,7 @@ class Recipe:
     lr_steps: tuple[float, ...] = (0.94, 0.98)  # boundaries as fractions of `steps`
     grad_clip: float = 10.0  # global norm; 0 disables
     precision: str = "bf16"  # "fp32" | "bf16" (CPU/CUDA autocast) | "fp16" (CUDA autocast + loss scaling)
+    channels_last: bool = False  # model weights (and so activations) in NHWC: faster convolutions on CPU and GPU
     scale_min: float = 0.5  # scale jitter range of the training augmentation
     scale_max: float = 2.0
     hflip: float = 0.5
@@ -235,6 +236,10 @@ def _convert(key: str, value: str, typ: str) -> Any:
             return tuple(float(v) for v in value.split(",") if v)
         if "None" in typ and value.lower() == "none":
             return None
+        if typ.startswith("bool"):
+            if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError(value)
+            return value.lower() in ("true", "1", "yes")
         if typ.startswith("int"):
             return int(value)
         if typ.startswith("float"):

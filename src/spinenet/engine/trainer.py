@@ -130,6 +130,8 @@ class Trainer:
         torch.manual_seed(r.seed)
         self.train_set, self.val_set = self.task.build_datasets(r)
         self.model = self.task.build_model(r, self.train_set).to(self.device)
+        if r.channels_last:  # convolutions then pick NHWC kernels for NCHW inputs too; state_dict is unchanged
+            self.model = self.model.to(memory_format=torch.channels_last)
         if r.extra.get("init_weights") and not self.resume:  # fine-tuning: spinenet-weights/1 file (docs/weights.md)
             from ..convert.weights import load_pretrained
 
