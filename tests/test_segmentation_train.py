@@ -71,6 +71,52 @@ def test_train_crops_keep_image_and_mask_aligned():
     assert crop.shape == (3, 64, 64) and (crop_mask[60:] == 255).all()  # padding is unlabelled, not background
 
 
+def test_percentile_normalize_maps_percentiles_and_clips_outliers():
+    from spinenet.data.segmentation import percentile_normalize
+
+    image = torch.linspace(0, 1, 1001).reshape(1, 7, 143).expand(3, -1, -1)  # values 0, 0.001, ..., 1
+    out = percentile_normalize(image, 10.0, 90.0)
+    assert out.shape == image.shape and float(out.min()) == 0.0 and float(out.max()) == 1.0
+    # inside the range: affine, (x - 0.1) / 0.8; outside: clipped
+    inside = (image > 0.1) & (image < 0.9)
+    torch.testing.assert_close(out[inside], (image[inside] - 0.1) / 0.8, rtol=0, atol=1e-5)
+    assert (out[image <= 0.1] == 0).all() and (out[image >= 0.9] == 1).all()
+    # a brighter exposure of the same scene normalises to the same image
+    torch.testing.assert_close(percentile_normalize(image * 0.5 + 0.2, 10.0, 90.0), out, rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match="0 <= low < high <= 100"):
+        percentile_normalize(image, 90.0, 10.0)
+
+
+def test_intensity_augmentation_changes_brightness_not_the_mask():
+    yy, xx = torch.meshgrid(torch.arange(40.0), torch.arange(40.0), indexing="ij")
+    image = (0.3 + 0.2 * torch.sin(xx / 3) * torch.cos(yy / 5))[None].expand(3, -1, -1).contiguous()
+    mask = (image[0] > 0.3).long()
+    plain = segmentation_train_transform(32, (1.0, 1.0), 0.5, 0.5, True)
+    jitter = segmentation_train_transform(32, (1.0, 1.0), 0.5, 0.5, True, gain=2.0, gamma=1.5)
+    means = []
+    for seed in range(8):
+        a, ma = plain(image, mask, torch.Generator().manual_seed(seed))
+        b, mb = jitter(image, mask, torch.Generator().manual_seed(seed))
+        assert torch.equal(ma, mb)  # same crop and flips: the extra draws come after them
+        # a monotone intensity map: the pixel order (and so the thresholded mask) is kept
+        ranked = b[0].flatten()[a[0].flatten().argsort()]
+        assert bool((ranked[1:] >= ranked[:-1] - 1e-6).all())
+        assert 0.0 <= float(b.min()) and float(b.max()) <= 1.0
+        means.append(float(b.mean() / a.mean()))
+    assert max(means) > 1.1 and min(means) < 0.9  # brighter and dimmer crops both occur
+    with pytest.raises(ValueError, match="gain and gamma"):
+        segmentation_train_transform(32, (1.0, 1.0), 0.5, gain=0.5)
+
+    # one gain per crop: a constant ratio to the plain crop; a 4 x 4 gain grid: the ratio varies over the crop
+    for grid, varies in ((1, False), (4, True)):
+        field = segmentation_train_transform(32, (1.0, 1.0), 0.0, gain=2.0, gain_grid=grid)
+        a, _ = segmentation_train_transform(32, (1.0, 1.0), 0.0)(image, mask, torch.Generator().manual_seed(3))
+        b, _ = field(image, mask, torch.Generator().manual_seed(3))
+        ratio = (b / a)[(b < 1) & (a > 0.05)]
+        assert bool(ratio.min() >= 0.5 - 1e-5) and bool(ratio.max() <= 2 + 1e-5)
+        assert (float(ratio.max() - ratio.min()) > 0.05) == varies, (grid, ratio.min(), ratio.max())
+
+
 def test_read_image_float_scales_16_bit(tmp_path):
     array = (np.arange(64, dtype=np.uint16).reshape(8, 8) * 100)
     Image.fromarray(array).save(tmp_path / "x.tif")
@@ -129,11 +175,48 @@ def test_eval_window_setting():
         eval_window(parse_overrides(recipe, ["eval_window=-1"]))
 
 
+def test_recipe_normalisation_reaches_training_and_evaluation(one_thread):
+    """``norm_low`` / ``norm_high`` normalise every image by its own percentiles in training and in evaluation:
+    a dimmer, offset exposure of the same image gives the same crops and the same prediction."""
+    from spinenet.engine import get_recipe, parse_overrides
+    from spinenet.models import create_segmenter
+    from spinenet.tasks import get_task
+    from spinenet.tasks.segmentation import input_percentiles, predict_logits
+
+    recipe = parse_overrides(get_recipe("nuclei-cpu"), ["image_size=64", "gain=1", "gamma=1"])
+    assert input_percentiles(recipe) == (1.0, 99.8)
+    assert input_percentiles(parse_overrides(recipe, ["norm_high=none"])) is None
+    with pytest.raises(ValueError, match="norm_low"):
+        input_percentiles(parse_overrides(recipe, ["norm_low=50", "norm_high=10"]))
+    image, mask = segmentation_dataset_from_path("nuclei:right")[0]
+    dim = image * 0.4 + 0.05
+    transform = get_task("segmentation", model="spinenet_mobile49xs", data="nuclei:right").train_transform(recipe)
+    a, ma = transform(image, mask, torch.Generator().manual_seed(1))
+    b, mb = transform(dim, mask, torch.Generator().manual_seed(1))
+    assert torch.equal(ma, mb) and float((a - b).abs().max()) < 1e-4
+    raw_transform = get_task("segmentation", model="spinenet_mobile49xs", data="nuclei:right").train_transform(
+        parse_overrides(recipe, ["norm_high=none"]))
+    raw, _ = raw_transform(image, mask, torch.Generator().manual_seed(1))
+    assert float((a - raw).abs().max()) > 0.05  # the normalisation did change the crop
+
+    torch.manual_seed(0)
+    model = create_segmenter("spinenet_mobile49xs", num_classes=2).eval()
+    torch.nn.init.normal_(model.head.classifier.weight, std=1.0)  # logits of order 1, not the init's 0.01
+    crop = image[:, :96, :96]
+    same = predict_logits(model, crop, "cpu", percentiles=(1.0, 99.8))
+    torch.testing.assert_close(predict_logits(model, crop * 0.4 + 0.05, "cpu", percentiles=(1.0, 99.8)), same,
+                               rtol=0, atol=1e-4 * float(same.abs().max()))
+    without = predict_logits(model, crop * 0.4 + 0.05, "cpu") - predict_logits(model, crop, "cpu")
+    assert float(without.abs().max()) > 1e-2 * float(same.abs().max())  # without the normalisation: differs
+
+
 @pytest.mark.slow
 def test_short_run_beats_the_otsu_baseline(tmp_path, one_thread):
-    """SpineNet-49S segmenter from scratch: 200 steps of 4 random 96 px crops of the left half; evaluated on the
-    whole right half in 96 px windows (the default ``eval_window`` = training crop) against Otsu's threshold of the
-    same image, computed in the same run. Measured: foreground IoU 0.794, Otsu 0.767."""
+    """SpineNet-49S segmenter from scratch with the ``nuclei-cpu`` recipe (percentile normalisation, gain-grid
+    augmentation, stride-4 head) cut to 200 steps of 4 random 96 px crops of the left half; evaluated on the whole
+    right half in 96 px windows (the default ``eval_window`` = training crop) against Otsu's threshold of the same
+    image, computed in the same run. Measured: foreground IoU 0.824 (seed 0) and 0.816 (seed 1) against Otsu
+    0.767; the recipe before normalisation and augmentation (stride-8 head) reached 0.794 here."""
     from spinenet.engine import Trainer, get_recipe, parse_overrides
     from spinenet.tasks import get_task
 
@@ -142,7 +225,7 @@ def test_short_run_beats_the_otsu_baseline(tmp_path, one_thread):
     task = get_task("segmentation", model="spinenet49s", data="nuclei:left", val_data="nuclei:right",
                     report_dir=tmp_path / "run")
     metrics = Trainer(task, recipe, tmp_path / "run", device="cpu", progress=False).fit()
-    assert metrics["fg_iou"] > metrics["otsu_fg_iou"] > 0.5, metrics
+    assert metrics["fg_iou"] > metrics["otsu_fg_iou"] + 0.03 and metrics["otsu_fg_iou"] > 0.5, metrics
     assert (tmp_path / "run" / "overlays" / "nuclei-right_0.png").is_file()
 
 
@@ -159,7 +242,8 @@ def test_cli_train_eval_predict_round_trip(tmp_path, capsys, one_thread):
     run = tmp_path / "run"
     code, out, err = _spinenet(capsys, "train", "--task", "segmentation", "--model", "spinenet_mobile49xs",
                                "--data", "nuclei:top", "--out", str(run), "--device", "cpu", "steps=2",
-                               "batch_size=2", "image_size=64", "num_workers=0", "log_every=1", "precision=fp32")
+                               "batch_size=2", "image_size=64", "num_workers=0", "log_every=1", "precision=fp32",
+                               "model.min_level=3")  # the mobile models have no level-2 output block
     assert code == 0, err[-2000:]
     ckpt = run / "checkpoints" / "final.pt"
     assert ckpt.is_file()

@@ -114,7 +114,7 @@ def predict_command(ckpt: dict[str, Any], source: str, images: Sequence[str], de
 
         from ..data.segmentation import read_image_float
         from ..models.segmentation import draw_overlay
-        from .segmentation import eval_window, predict_logits
+        from .segmentation import eval_window, input_percentiles, predict_logits
 
         if image_size:
             raise ValueError("--image-size applies to classification and detection; segmentation runs at the "
@@ -123,7 +123,7 @@ def predict_command(ckpt: dict[str, Any], source: str, images: Sequence[str], de
         window, overlap = eval_window(recipe)
         for path in images:
             image = read_image_float(path)
-            pred = predict_logits(model, image, device, scale, window, overlap).argmax(0)
+            pred = predict_logits(model, image, device, scale, window, overlap, input_percentiles(recipe)).argmax(0)
             stem = Path(path).stem
             tmp = folder / f".{stem}_mask.png.tmp.png"
             Image.fromarray(pred.to(torch.uint8).numpy()).save(tmp)

@@ -23,6 +23,25 @@ def _input_scale(recipe: Recipe | None) -> float:
     return float(recipe.extra.get("input_scale", 1.0)) if recipe is not None else 1.0
 
 
+def _number(recipe: Recipe, key: str, default: float) -> float:
+    value = recipe.extra.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"recipe field {key} must be a number, got {value!r}")
+    return float(value)
+
+
+def input_percentiles(recipe: Recipe | None) -> tuple[float, float] | None:
+    """``(low, high)`` of the per-image percentile normalisation (:func:`spinenet.data.segmentation.
+    percentile_normalize`), applied to every image before the model in training, evaluation and ``predict``:
+    recipe extras ``norm_low`` / ``norm_high`` (percentiles, 0-100). ``None`` (off) unless ``norm_high`` is set."""
+    if recipe is None or recipe.extra.get("norm_high") is None:
+        return None
+    low, high = _number(recipe, "norm_low", 0.0), _number(recipe, "norm_high", 100.0)
+    if not 0.0 <= low < high <= 100.0:
+        raise ValueError(f"recipe fields norm_low={low}, norm_high={high}: need 0 <= norm_low < norm_high <= 100")
+    return low, high
+
+
 EVAL_OVERLAP = 0.5
 
 
@@ -105,7 +124,10 @@ class SegmentationTask:
 
         return segmentation_train_transform(recipe.image_size, (recipe.scale_min, recipe.scale_max), recipe.hflip,
                                             float(recipe.extra.get("vflip", 0.0)),
-                                            bool(recipe.extra.get("rot90", False)), _input_scale(recipe))
+                                            bool(recipe.extra.get("rot90", False)), _input_scale(recipe),
+                                            percentiles=input_percentiles(recipe),
+                                            gain=_number(recipe, "gain", 1.0), gamma=_number(recipe, "gamma", 1.0),
+                                            gain_grid=recipe.extra.get("gain_grid", 1))
 
     def collate(self, batch: list) -> tuple[torch.Tensor, torch.Tensor]:
         return torch.stack([image for image, _ in batch]), torch.stack([mask for _, mask in batch])
@@ -130,17 +152,22 @@ class SegmentationTask:
         if recipe is None and hasattr(model, "config"):
             scale = float(model.config.get("input_scale", 1.0))
         window, overlap = eval_window(recipe)
-        return evaluate_segmentation(model, dataset, device, scale, self.report_dir, window, overlap)
+        return evaluate_segmentation(model, dataset, device, scale, self.report_dir, window, overlap,
+                                     input_percentiles(recipe))
 
 
 def predict_logits(model: nn.Module, image: torch.Tensor, device: torch.device,
-                   input_scale: float = 1.0, window: int = 0, overlap: float = EVAL_OVERLAP) -> torch.Tensor:
-    """``[C, H, W]`` float32 logits at the image's own size for one float ``[3, H, W]`` image, rescaled by
-    ``input_scale`` and run in ``window`` px tiles (:func:`sliding_window_logits`; 0 = one pass)."""
-    from ..data.segmentation import rescale
+                   input_scale: float = 1.0, window: int = 0, overlap: float = EVAL_OVERLAP,
+                   percentiles: tuple[float, float] | None = None) -> torch.Tensor:
+    """``[C, H, W]`` float32 logits at the image's own size for one float ``[3, H, W]`` image, normalised by its
+    own ``percentiles`` when given (as in training), rescaled by ``input_scale`` and run in ``window`` px tiles
+    (:func:`sliding_window_logits`; 0 = one pass)."""
+    from ..data.segmentation import percentile_normalize, rescale
 
     model.eval()
     h, w = image.shape[-2:]
+    if percentiles is not None:
+        image = percentile_normalize(image, *percentiles)
     scaled, _ = rescale(image, None, input_scale)
     with torch.no_grad():
         logits = sliding_window_logits(model, scaled, window, overlap, device)[None]
@@ -151,12 +178,13 @@ def predict_logits(model: nn.Module, image: torch.Tensor, device: torch.device,
 
 def evaluate_segmentation(model: nn.Module, dataset: Dataset, device: torch.device, input_scale: float = 1.0,
                           report_dir: str | os.PathLike[str] | None = None, window: int = 0,
-                          overlap: float = EVAL_OVERLAP) -> dict[str, float]:
+                          overlap: float = EVAL_OVERLAP,
+                          percentiles: tuple[float, float] | None = None) -> dict[str, float]:
     """Foreground IoU (class 1 when there are 2 classes), mean IoU and pixel accuracy over the whole dataset (one
     confusion matrix), the same foreground IoU of an Otsu threshold of each image (brighter side = foreground,
-    computed here, in this run), and their difference ``fg_iou_minus_otsu``. Predictions come from
-    :func:`predict_logits` (``window`` px tiles, 0 = one pass). With ``report_dir``, writes
-    ``overlays/<data>_<i>.png``: image | ground truth | prediction."""
+    computed here, in this run, on the image as given), and their difference ``fg_iou_minus_otsu``. Predictions
+    come from :func:`predict_logits` (``window`` px tiles, 0 = one pass; ``percentiles`` normalisation). With
+    ``report_dir``, writes ``overlays/<data>_<i>.png``: image | ground truth | prediction."""
     from ..data.segmentation import otsu_threshold
     from ..models.segmentation import confusion_matrix, iou_from_confusion
 
@@ -166,7 +194,7 @@ def evaluate_segmentation(model: nn.Module, dataset: Dataset, device: torch.devi
     otsu_matrix = torch.zeros(2, 2, dtype=torch.int64)
     for i in range(len(dataset)):
         image, mask = dataset[i]
-        pred = predict_logits(model, image, device, input_scale, window, overlap).argmax(0)
+        pred = predict_logits(model, image, device, input_scale, window, overlap, percentiles).argmax(0)
         matrix += confusion_matrix(pred, mask, num_classes, ignore)
         if num_classes == 2:
             grey = image.float().mean(0)
