@@ -154,8 +154,9 @@ def test_fashion_mnist_subset_reaches_75_percent(tmp_path, one_thread, fashion):
     from spinenet.engine import Trainer, get_recipe, parse_overrides
     from spinenet.tasks import get_task
 
-    recipe = parse_overrides(get_recipe("fashion-mnist-cpu"), ["steps=600", "batch_size=32", "warmup_steps=50",
-                                                               "eval_every=0", "num_workers=0", "log_every=50"])
+    recipe = parse_overrides(get_recipe("fashion-mnist-cpu"), [
+        "steps=600", "batch_size=32", "warmup_steps=50", "eval_every=0", "num_workers=0", "log_every=50",
+        "image_size=32", "scale_min=0.6", "label_smoothing=0.1", "channels_last=false"])  # the budget as calibrated
     task = get_task("classification", model="spinenet49s", data="fashion-mnist:train:5000",
                     val_data="fashion-mnist:test:2000", report_dir=tmp_path / "run")
     metrics = Trainer(task, recipe, tmp_path / "run", device="cpu", progress=False).fit()
