@@ -73,12 +73,19 @@ def test_shapes_and_strides(name):
 
 @pytest.mark.parametrize("name", ALL)
 def test_every_parameter_gets_a_gradient(name):
+    torch.manual_seed(0)
+    x = torch.randn(4, 3, 128, 128)
+    # With stochastic depth on, every parameter is still in the graph: a gradient exists and is finite.
     model = spinenet.create_model(name, stochastic_depth_rate=0.2).train()
-    out = model(torch.randn(2, 3, 128, 128))
-    sum(o.float().pow(2).mean() for o in out.values()).backward()
+    sum(o.float().pow(2).mean() for o in model(x).values()).backward()
     missing = [n for n, p in model.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
     assert not missing, missing[:5]
-    assert sum(int(p.grad.abs().sum() > 0) for p in model.parameters()) > 0.95 * len(list(model.parameters()))
+    # Without it, every parameter's gradient is non-zero. The exception is a mobile block's squeeze-excite: its
+    # narrow ReLU bottleneck sees a global average, so whether it is dead at init depends on the weights alone.
+    model = spinenet.create_model(name, stochastic_depth_rate=0.0).train()
+    sum(o.float().pow(2).mean() for o in model(x).values()).backward()
+    zero = [n for n, p in model.named_parameters() if ".se." not in n and not p.grad.abs().sum() > 0]
+    assert not zero, zero[:5]
 
 
 @pytest.mark.parametrize("size", [(224, 224), (300, 500), (129, 257), (640, 640), (896, 1664)])

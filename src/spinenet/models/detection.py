@@ -253,6 +253,15 @@ def _positive_int(value: Any, what: str) -> int:
     return value
 
 
+def detector_backbone_config(name: str, backbone: str, backbone_opts: dict, detector_overrides) -> dict:
+    """Resolve a detector's backbone config; a bad override names the detector and the detector-level keys."""
+    try:
+        return resolve_config(backbone, **backbone_opts)
+    except ValueError as err:
+        raise ValueError(f"create_detector({name!r}): {err}; detector-level overrides: {list(detector_overrides)}") \
+            from None
+
+
 def create_detector(name: str, *, num_classes: int | None = None, image_size: int | None = None,
                     weights: str | None = None, **overrides: Any) -> SpineNetRetinaNet:
     """Build a registered SpineNet RetinaNet (paper section 4.1; table :data:`list_detectors`).
@@ -291,11 +300,7 @@ def create_detector(name: str, *, num_classes: int | None = None, image_size: in
                                f"create_detector({name!r}): image_size")
     detector_opts = {k: overrides.pop(k) for k in list(overrides) if k in DETECTOR_OVERRIDES}
     backbone_opts = {"activation": defn.activation, **overrides}
-    try:
-        backbone_cfg = resolve_config(defn.backbone, **backbone_opts)
-    except ValueError as err:
-        raise ValueError(f"create_detector({name!r}): {err}; detector-level overrides: {list(DETECTOR_OVERRIDES)}") \
-            from None
+    backbone_cfg = detector_backbone_config(name, defn.backbone, backbone_opts, DETECTOR_OVERRIDES)
     config = {
         "format": DETECTOR_FORMAT,
         "name": name,

@@ -51,10 +51,10 @@ from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
 from torchvision.ops import MultiScaleRoIAlign
 
 from ..layers.ops import get_activation
-from ..registry import config_to_json, get_model_def, resolve_config
+from ..registry import config_to_json, get_model_def
 from .anchors import MultilevelAnchors
-from .detection import ASPECT_RATIOS, _backbone_from_json, _positive_int, _Transform, register_detector, \
-    register_detector_family
+from .detection import ASPECT_RATIOS, _backbone_from_json, _positive_int, _Transform, detector_backbone_config, \
+    register_detector, register_detector_family
 
 MASKRCNN_FORMAT = "spinenet-maskrcnn/1"
 BOX_POOL_SIZE = 7  # RoIAlign output of the box head (official and torchvision)
@@ -319,11 +319,7 @@ def create_maskrcnn(defn: MaskRCNNDef, *, num_classes: int = 91, image_size: int
     head = {f: opts.pop(f, width if f.endswith("_width") and width is not None else getattr(defn, f))
             for f in HEAD_FIELDS}
     backbone_opts = {"activation": defn.activation, "bn_eps": BN_EPS, "bn_momentum": BN_MOMENTUM, **overrides}
-    try:
-        backbone_cfg = resolve_config(defn.backbone, **backbone_opts)
-    except ValueError as err:
-        raise ValueError(f"create_detector({name!r}): {err}; detector-level overrides: {list(MASKRCNN_OVERRIDES)}") \
-            from None
+    backbone_cfg = detector_backbone_config(name, defn.backbone, backbone_opts, MASKRCNN_OVERRIDES)
     config = {
         "format": MASKRCNN_FORMAT,
         "name": name,
