@@ -42,7 +42,23 @@ class Conv2d(nn.Conv2d):
             top, bottom = tf_same_pad(x.shape[-2], kh, self.stride[0])
             left, right = tf_same_pad(x.shape[-1], kw, self.stride[1])
             x = F.pad(x, (left, right, top, bottom))
+        elif self.stride != (1, 1) and 1 in x.shape[-2:]:
+            return self._forward_single_line(x)
         return super().forward(x)
+
+    def _forward_single_line(self, x: torch.Tensor) -> torch.Tensor:
+        """A strided conv over an axis of size 1 reads one kernel tap on that axis: compute it as that tap.
+
+        Same result, and it avoids a CPU bug: with bf16 autocast (torch 2.14.1, oneDNN), a padded stride-2 conv
+        over a width-1 input returns garbage weight gradients (errors of 1e3 to NaN; small inputs reach width 1
+        at levels 6-7, e.g. 48 px classification)."""
+        weight, stride, padding = self.weight, list(self.stride), list(self.padding)  # type: ignore[arg-type]
+        for axis in (0, 1):
+            size, k, s, p = x.shape[axis - 2], self.kernel_size[axis], stride[axis], padding[axis]
+            if size == 1 and s > 1 and p < k and (1 + 2 * p - k) // s == 0:  # one output along this axis
+                weight = weight.narrow(axis + 2, p, 1)
+                stride[axis], padding[axis] = 1, 0
+        return F.conv2d(x, weight, self.bias, tuple(stride), tuple(padding), self.dilation, self.groups)
 
 
 class MaxPool2dSame(nn.Module):
