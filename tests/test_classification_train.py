@@ -146,6 +146,26 @@ def test_metrics_and_confusion_png(tmp_path):
         assert img.size[0] > 200
 
 
+def test_eval_hflip_averages_an_image_and_its_mirror():
+    from spinenet.engine import get_recipe, parse_overrides
+    from spinenet.tasks.classification import classify, eval_hflip
+
+    class LeftMinusRight(torch.nn.Module):  # logit 0 = left half - right half; logit 1 = total
+        def forward(self, x):
+            half = x.shape[-1] // 2
+            return torch.stack([x[..., :half].sum((1, 2, 3)) - x[..., half:].sum((1, 2, 3)), x.sum((1, 2, 3))], 1)
+
+    images = torch.zeros(2, 3, 4, 4)
+    images[0, :, :, 0] = 1  # a bright left column
+    plain, both = classify(LeftMinusRight(), images), classify(LeftMinusRight(), images, hflip=True)
+    assert plain[0, 0] == 12 and both[0, 0] == 0 and torch.equal(both[:, 1], plain[:, 1])
+    base = get_recipe("fashion-mnist-cpu")
+    assert eval_hflip(parse_overrides(base, ["eval_hflip=true"])) is True
+    assert eval_hflip(parse_overrides(base, ["eval_hflip=0"])) is False
+    with pytest.raises(ValueError, match="eval_hflip='sometimes': expected true or false"):
+        eval_hflip(parse_overrides(base, ["eval_hflip=sometimes"]))
+
+
 # ---------------------------------------------------------------------------------------------- real training
 @pytest.mark.slow
 def test_fashion_mnist_subset_reaches_75_percent(tmp_path, one_thread, fashion):
@@ -156,7 +176,8 @@ def test_fashion_mnist_subset_reaches_75_percent(tmp_path, one_thread, fashion):
 
     recipe = parse_overrides(get_recipe("fashion-mnist-cpu"), [
         "steps=600", "batch_size=32", "warmup_steps=50", "eval_every=0", "num_workers=0", "log_every=50",
-        "image_size=32", "scale_min=0.6", "label_smoothing=0.1", "channels_last=false"])  # the budget as calibrated
+        "image_size=32", "scale_min=0.6", "label_smoothing=0.1", "channels_last=false", "precision=fp32", "lr=0.2",
+        "eval_hflip=false"])  # the budget as calibrated
     task = get_task("classification", model="spinenet49s", data="fashion-mnist:train:5000",
                     val_data="fashion-mnist:test:2000", report_dir=tmp_path / "run")
     metrics = Trainer(task, recipe, tmp_path / "run", device="cpu", progress=False).fit()

@@ -14,9 +14,26 @@ from torch.utils.data import Dataset
 from ..engine.recipes import Recipe
 
 
-def _eval_crop(recipe: Recipe | None) -> float:
+def eval_crop(recipe: Recipe | None) -> float:
     """Evaluation centre-crop fraction: ``eval_crop`` in the recipe's extras, default the paper's 0.875."""
     return float(recipe.extra.get("eval_crop", 0.875)) if recipe is not None else 0.875
+
+
+def eval_hflip(recipe: Recipe | None) -> bool:
+    """``eval_hflip=true`` in the recipe's extras: evaluation and prediction average the logits of each image and
+    its mirror image (test-time augmentation; off by default)."""
+    value = recipe.extra.get("eval_hflip", False) if recipe is not None else False
+    if value not in (True, False):  # also 1 / 0
+        raise ValueError(f"eval_hflip={value!r}: expected true or false")
+    return bool(value)
+
+
+def classify(model: nn.Module, images: torch.Tensor, hflip: bool = False) -> torch.Tensor:
+    """Float32 logits of a normalised-size batch; with ``hflip`` the mean of the image's and its mirror's logits."""
+    logits = model(images).float()
+    if hflip:
+        logits = (logits + model(images.flip(-1)).float()) / 2
+    return logits
 
 
 class ClassificationTask:
@@ -67,7 +84,8 @@ class ClassificationTask:
     def evaluate(self, model: nn.Module, dataset: Dataset, device: torch.device, recipe: Recipe | None = None,
                  batch_size: int = 200) -> dict[str, float]:
         size = recipe.image_size if recipe is not None else int(model.config.get("image_size", 224))
-        logits, labels = predict_dataset(model, dataset, device, size, _eval_crop(recipe), batch_size)
+        logits, labels = predict_dataset(model, dataset, device, size, eval_crop(recipe), batch_size,
+                                         eval_hflip(recipe))
         metrics, matrix = classification_metrics(logits, labels, len(dataset.classes))
         metrics["unreadable_images"] = float(dataset.stats.get("unreadable_images", 0))
         if self.report_dir is not None:
@@ -77,9 +95,11 @@ class ClassificationTask:
 
 
 def predict_dataset(model: nn.Module, dataset: Dataset, device: torch.device, image_size: int,
-                    crop: float = 0.875, batch_size: int = 200) -> tuple[torch.Tensor, torch.Tensor]:
+                    crop: float = 0.875, batch_size: int = 200,
+                    hflip: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits ``[N, C]`` (float32, CPU) and labels ``[N]`` over every readable image, each centre-cropped to
-    ``crop`` of its short side and resized to ``image_size`` (spec 7.2 evaluation); unreadable images are left out."""
+    ``crop`` of its short side and resized to ``image_size`` (spec 7.2 evaluation); unreadable images are left out.
+    ``hflip`` averages each image's logits with its mirror image's (:func:`classify`)."""
     from ..data.classification import center_crop_resize
 
     model.eval()
@@ -95,7 +115,7 @@ def predict_dataset(model: nn.Module, dataset: Dataset, device: torch.device, im
                 images = center_crop_resize(torch.stack([image for image, _ in items]), image_size, crop)
             else:
                 images = torch.stack([center_crop_resize(image, image_size, crop) for image, _ in items])
-            all_logits.append(model(images.to(device)).float().cpu())
+            all_logits.append(classify(model, images.to(device), hflip).cpu())
             all_labels.append(torch.tensor([label for _, label in items]))
     if not all_logits:
         raise ValueError(f"{getattr(dataset, 'name', 'dataset')}: no readable image to evaluate")

@@ -98,15 +98,16 @@ def predict_command(ckpt: dict[str, Any], source: str, images: Sequence[str], de
     if ckpt["task"] == "classification":
         from ..data.classification import center_crop_resize
         from ..data.detection import decode_image
+        from .classification import classify, eval_crop, eval_hflip
 
         size = image_size or recipe.image_size
-        crop = float(recipe.extra.get("eval_crop", 0.875))
+        crop, hflip = eval_crop(recipe), eval_hflip(recipe)
         for path in images:
             if not Path(path).is_file():
                 raise FileNotFoundError(f"image {path} does not exist")
             image = center_crop_resize(decode_image(path), size, crop)
             with torch.no_grad():
-                logits = model(image[None].to(device)).float().cpu()
+                logits = classify(model, image[None].to(device), hflip).cpu()
             top = [{"class": name, "probability": round(p, 6)} for name, p in model.decode(logits, top_k)[0]]
             records.append({"file_name": str(path), "top": top})
     else:
