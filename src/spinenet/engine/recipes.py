@@ -174,7 +174,8 @@ def fashion_mnist_cpu() -> Recipe:
     up-sampled to 48 (level 3 is then 6x6 instead of 4x4 at 32 px), 1,500 steps of 128 in bf16 with NHWC
     convolutions (``channels_last``; bf16 at batch 128 gives 1.3x the images/s of fp32 at batch 64 on 2 cores),
     flips but no crop jitter and no label smoothing (the model under-fits in this budget), a stride-4 level in the
-    head (``model.min_level=2 model.flavor=model_garden``), cosine LR from 0.25, no gradient clipping (the initial
+    head (``model.min_level=2 model.flavor=model_garden``; the mobile backbones have no level-2 block, give them
+    ``model.min_level=3``), cosine LR from 0.25, no gradient clipping (the initial
     gradient norm is ~50: clipping at 10 only slows the start), and evaluation averaged over each image and its
     mirror (``eval_hflip``)."""
     return Recipe("fashion-mnist-cpu", task="classification", image_size=48, batch_size=128, steps=1500, lr=0.25,
