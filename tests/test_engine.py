@@ -117,3 +117,46 @@ def test_existing_output_is_refused_without_resume(tmp_path):
         _trainer(tmp_path / "run", 2)
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
         _trainer(tmp_path / "empty", 2, resume=True)
+
+
+def test_weight_ema_follows_the_tf_ramp_and_copies_integer_buffers():
+    from spinenet.engine.ema import WeightEMA
+
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
+    ema = WeightEMA(model, 0.9)
+    start = model[0].weight.detach().clone()
+    with torch.no_grad():
+        model[0].weight.add_(1.0)
+    model[1].num_batches_tracked += 3
+    ema.update(model)  # first update: d = min(0.9, 1 / 10) = 0.1
+    torch.testing.assert_close(ema.module[0].weight, start + 0.9)
+    assert int(ema.module[1].num_batches_tracked) == 3
+    assert ema.current_decay() == pytest.approx(2 / 11)
+    for _ in range(100):
+        ema.update(model)
+    assert ema.current_decay() == 0.9
+    assert not any(p.requires_grad for p in ema.module.parameters())
+    with pytest.raises(ValueError, match="ema_decay"):
+        WeightEMA(model, 1.0)
+
+
+def test_ema_checkpoints_ship_the_average_and_resume_exactly(tmp_path):
+    ema = ["ema_decay=0.5"]
+    straight = _trainer(tmp_path / "a", 4, extra=ema)
+    straight.fit()
+    _trainer(tmp_path / "b", 4, extra=ema).fit(stop_at=2)
+    resumed = _trainer(tmp_path / "b", 4, resume=True, extra=ema)
+    resumed.fit()
+    for x, y in ((straight.model_core, resumed.model_core), (straight.ema.module, resumed.ema.module)):
+        a, b = x.state_dict(), y.state_dict()
+        assert all(torch.equal(a[k], b[k]) for k in a), "N steps != N/2 + resume + N/2 with ema_decay"
+    final = load_checkpoint(tmp_path / "b" / "checkpoints" / "final.pt")
+    assert final["ema_updates"] == 4
+    trained, averaged = final["train_model"], final["model"]
+    assert all(torch.equal(trained[k], v) for k, v in resumed.model_core.state_dict().items())
+    assert all(torch.equal(averaged[k], v) for k, v in resumed.ema.module.state_dict().items())
+    assert any(not torch.equal(trained[k], averaged[k]) for k in trained if trained[k].is_floating_point())
+    # a run written without the average cannot silently resume with one
+    _trainer(tmp_path / "c", 4).fit(stop_at=2)
+    with pytest.raises(ValueError, match="without ema_decay"):
+        _trainer(tmp_path / "c", 4, resume=True, extra=ema).fit()

@@ -39,6 +39,7 @@ class Recipe:
     stochastic_depth_rate: float = 0.0
     bn_momentum: float | None = None  # PyTorch convention; None = the flavour's default
     label_smoothing: float = 0.0
+    ema_decay: float = 0.0  # > 0: evaluate and ship an exponential moving average of the weights (engine/ema.py)
     eval_every: int = 0  # 0 = only at the end
     checkpoint_every: int = 200
     log_every: int = 10

@@ -23,6 +23,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from .checkpoint import atomic_save, load_checkpoint, rng_state, set_rng_state
+from .ema import WeightEMA
 from .recipes import Recipe
 from .sampler import Augmented, ResumableBatchSampler
 
@@ -142,6 +143,7 @@ class Trainer:
             # the official SyncBN; torch has no CPU SyncBatchNorm, so CPU runs keep per-process BN statistics
             self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
         self.model_core = self.model
+        self.ema = WeightEMA(self.model_core, r.ema_decay) if r.ema_decay else None
         if self.dist.world_size > 1:
             self.model = nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
@@ -151,7 +153,12 @@ class Trainer:
         self.step = 0
         if self.resume:
             ckpt = load_checkpoint(self.last, map_location=self.device)
-            self.model_core.load_state_dict(ckpt["model"])
+            self.model_core.load_state_dict(ckpt.get("train_model", ckpt["model"]))
+            if self.ema is not None:
+                if "train_model" not in ckpt:
+                    raise ValueError(f"--resume: {self.last} was written without ema_decay; resume with the same "
+                                     "recipe (ema_decay=0)")
+                self.ema.load_state_dict(ckpt["model"], ckpt["ema_updates"])
             self.optimizer.load_state_dict(ckpt["optimizer"])
             self.scheduler.load_state_dict(ckpt["scheduler"])
             self.scaler.load_state_dict(ckpt["scaler"])
@@ -179,7 +186,9 @@ class Trainer:
             "step": self.step,
             "recipe": self.recipe.to_dict(),
             "model_config": getattr(self.model_core, "config", None),
-            "model": self.model_core.state_dict(),
+            # "model" holds the weights to use (the average when ema_decay > 0), "train_model" the trained ones
+            "model": (self.ema.module if self.ema is not None else self.model_core).state_dict(),
+            **({"train_model": self.model_core.state_dict(), "ema_updates": self.ema.updates} if self.ema is not None else {}),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
@@ -282,6 +291,8 @@ class Trainer:
             self.scaler.step(self.optimizer)
             self.scaler.update()
             self.scheduler.step()
+            if self.ema is not None:
+                self.ema.update(self.model_core)
             self.step += 1
             seen += r.batch_size * self.dist.world_size
             bar.update(1)
@@ -312,9 +323,10 @@ class Trainer:
     def evaluate(self) -> dict[str, float]:
         if self.val_set is None or not self.dist.is_main:
             return {}
-        self.model_core.eval()
+        model = self.ema.module if self.ema is not None else self.model_core
+        model.eval()
         with torch.no_grad(), autocast_context(self.device, self.recipe.precision):
-            metrics = self.task.evaluate(self.model_core, self.val_set, self.device, self.recipe)
+            metrics = self.task.evaluate(model, self.val_set, self.device, self.recipe)
         self.model_core.train()
         self._log({"step": self.step, **{f"val_{k}": v for k, v in metrics.items()}})
         return metrics
