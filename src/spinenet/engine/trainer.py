@@ -2,9 +2,10 @@
 
 A task supplies the model, the datasets, the loss of a batch and the evaluation; the engine owns everything
 else: SGD with momentum and weight decay on conv/linear weights only, linear warmup then step or cosine decay,
-gradient clipping, autocast (bf16 on CPU, fp16 with loss scaling or bf16 on CUDA), atomic checkpoints that resume
-exactly (step, optimizer, scheduler, RNG, data position), tqdm progress, a metrics CSV, TensorBoard events and a
-PNG of the curves. Distributed runs (torchrun) use DDP: NCCL on CUDA, gloo on CPU; only rank 0 writes.
+gradient clipping, an optional moving average of the weights (``ema_decay``), autocast (bf16 on CPU, fp16 with
+loss scaling or bf16 on CUDA), atomic checkpoints that resume exactly (step, optimizer, scheduler, RNG, data
+position), tqdm progress, a metrics CSV, TensorBoard events and a PNG of the curves. Distributed runs (torchrun)
+use DDP: NCCL on CUDA, gloo on CPU; only rank 0 writes.
 """
 
 from __future__ import annotations
