@@ -188,7 +188,7 @@ class Trainer:
             "recipe": self.recipe.to_dict(),
             "model_config": getattr(self.model_core, "config", None),
             # "model" holds the weights to use (the average when ema_decay > 0), "train_model" the trained ones
-            "model": (self.ema.module if self.ema is not None else self.model_core).state_dict(),
+            "model": self.eval_model.state_dict(),
             **({"train_model": self.model_core.state_dict(), "ema_updates": self.ema.updates} if self.ema is not None else {}),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
@@ -321,10 +321,15 @@ class Trainer:
             self.tb.close()
         return metrics
 
+    @property
+    def eval_model(self) -> nn.Module:
+        """The weights evaluation and checkpoints use: the moving average when ``ema_decay`` > 0."""
+        return self.ema.module if self.ema is not None else self.model_core
+
     def evaluate(self) -> dict[str, float]:
         if self.val_set is None or not self.dist.is_main:
             return {}
-        model = self.ema.module if self.ema is not None else self.model_core
+        model = self.eval_model
         model.eval()
         with torch.no_grad(), autocast_context(self.device, self.recipe.precision):
             metrics = self.task.evaluate(model, self.val_set, self.device, self.recipe)
