@@ -126,11 +126,10 @@ def close(ours, ref, what: str, tol: float = 1e-4) -> None:
 
 
 @pytest.fixture(scope="module")
-def converted(tmp_path_factory):
+def converted(tmp_path_factory, one_thread):
     """(source model, TF1 arrays, converted model loaded back from the .safetensors, CLI output)."""
     import subprocess
 
-    torch.set_num_threads(1)
     source = create_detector("maskrcnn_spinenet49", **TINY).eval()
     _randomise(source)
     arrays = {**tf_arrays(source.backbone, tpu_backbone_map(source.backbone)), **tf1_arrays(source),

@@ -69,6 +69,19 @@ def test_resume_checks(tmp_path):
         Search(tmp_path / "t", SearchConfig("r35-sp18", "random", "accuracy"), trials=3)
 
 
+def test_in_process_trials_leave_the_thread_count_as_they_found_it(tmp_path):
+    """Trials run with ``threads`` torch threads; in-process (inline) ones restore the caller's count afterwards,
+    so a search run from Python does not leave the rest of the process on one thread."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        Search(tmp_path / "s", SearchConfig("r35-sp18", "random", "synthetic", {"macs": 0}), trials=2,
+               threads=1).run(progress=False)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_outputs_build_draw_and_fail_gracefully(tmp_path):
     """best.json builds through create_model and spinenet draw; a failing trial is journalled, not fatal."""
     out = tmp_path / "s"

@@ -78,11 +78,20 @@ def evaluate_trial(payload: dict[str, Any]) -> dict[str, Any]:
     """Score one trial (runs in a Ray worker or in-process). Returns reward, metrics, MACs and params.
 
     ``payload``: ``trial`` id, ``attempt``, ``seed``, ``space``, ``arch`` (dict), ``reward`` name,
-    ``options``, ``out`` (the search folder) and ``threads``.
+    ``options``, ``out`` (the search folder) and ``threads`` (torch threads while it runs; the caller's count is
+    restored afterwards, so an in-process trial leaves its process as it found it).
     """
     import torch
 
+    threads = torch.get_num_threads()
     torch.set_num_threads(int(payload.get("threads", 1)))
+    try:
+        return _evaluate_trial(payload)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _evaluate_trial(payload: dict[str, Any]) -> dict[str, Any]:
     arch = Architecture.from_dict(payload["arch"], source=f"trial {payload['trial']}")
     options = dict(payload.get("options") or {})
     trial = int(payload["trial"])
