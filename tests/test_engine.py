@@ -110,6 +110,29 @@ def test_channels_last_trains_in_nhwc_and_resumes_exactly(tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a), "N steps != N/2 + resume + N/2 in channels_last"
 
 
+def test_zero_init_residual_starts_each_block_as_its_shortcut_and_resumes_exactly(tmp_path):
+    from spinenet.layers import Bottleneck, Residual
+
+    fresh = _trainer(tmp_path / "a", 2, extra=["zero_init_residual=true"])
+    fresh.fit(stop_at=0)
+    blocks = [m for m in fresh.model_core.modules() if isinstance(m, (Bottleneck, Residual))]
+    last_bn = [b.conv3.bn if isinstance(b, Bottleneck) else b.conv2.bn for b in blocks]
+    assert blocks and all(bool((bn.weight == 0).all()) for bn in last_bn)
+    identity = next(b for b in blocks if b.shortcut is None).eval()
+    x = torch.randn(2, identity.conv1.conv.in_channels, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(identity(x), torch.relu(x)), "a zero-initialised block is not its shortcut"
+    other = [m.bn.weight for m in fresh.model_core.modules()
+             if isinstance(getattr(m, "bn", None), torch.nn.BatchNorm2d) and m.bn not in last_bn]
+    assert other and all(bool((w == 1).all()) for w in other), "only the residual branches' last BN is zeroed"
+    straight = _trainer(tmp_path / "b", 2, extra=["zero_init_residual=true"])
+    straight.fit()
+    resumed = _trainer(tmp_path / "a", 2, resume=True, extra=["zero_init_residual=true"])
+    resumed.fit()
+    a, b = straight.model_core.state_dict(), resumed.model_core.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a), "zero_init_residual: N steps != 0 + resume + N"
+
+
 def test_existing_output_is_refused_without_resume(tmp_path):
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "metrics.csv").write_text("step\n")

@@ -9,7 +9,8 @@ import torch
 from torch import nn
 
 from .graph import Graph, Node
-from .layers import BlockGroup, ConvNormAct, MaxPool2dSame, Resample, SeparableResample, get_activation, make_norm
+from .layers import (BlockGroup, Bottleneck, ConvNormAct, MaxPool2dSame, MBConv, Resample, Residual, SeparableResample,
+                     get_activation, make_norm)
 
 
 def trunc_normal_(tensor: torch.Tensor, std: float) -> torch.Tensor:
@@ -39,6 +40,28 @@ def init_weights(module: nn.Module) -> None:
                 nn.init.zeros_(m.bias)
         elif isinstance(m, nn.BatchNorm2d):
             m.reset_parameters()
+
+
+def zero_init_residual(module: nn.Module) -> int:
+    """Set to zero the gamma of the last BN on every residual branch (bottleneck ``conv3``, residual ``conv2``,
+    MBConv ``project`` where it has a shortcut), so each block starts as its shortcut; returns how many.
+
+    Not the official initialisation (spec 3.10: gamma 1 everywhere): a training option (``Recipe``
+    ``zero_init_residual``) for short from-scratch runs, as in Goyal et al. 2017 and torchvision's ResNets.
+    """
+    count = 0
+    for m in module.modules():
+        if isinstance(m, Bottleneck):
+            last = m.conv3
+        elif isinstance(m, Residual):
+            last = m.conv2
+        elif isinstance(m, MBConv) and m.use_residual:
+            last = m.project
+        else:
+            continue
+        nn.init.zeros_(last.bn.weight)
+        count += 1
+    return count
 
 
 class BlockNode(nn.Module):

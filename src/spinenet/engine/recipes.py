@@ -40,6 +40,7 @@ class Recipe:
     bn_momentum: float | None = None  # PyTorch convention; None = the flavour's default
     label_smoothing: float = 0.0
     ema_decay: float = 0.0  # > 0: evaluate and ship an exponential moving average of the weights (engine/ema.py)
+    zero_init_residual: bool = False  # start every residual branch's last BN gamma at 0 (fresh runs only)
     eval_every: int = 0  # 0 = only at the end
     checkpoint_every: int = 200
     log_every: int = 10
@@ -172,17 +173,20 @@ def imagenet() -> Recipe:
 @recipe
 def fashion_mnist_cpu() -> Recipe:
     """Fashion-MNIST from scratch on a CPU (README: command, measurements and the runs behind them): 28 px images
-    up-sampled to 48 (level 3 is then 6x6 instead of 4x4 at 32 px), 1,500 steps of 128 in bf16 with NHWC
+    up-sampled to 48 (level 3 is then 6x6 instead of 4x4 at 32 px), 1,300 steps of 128 in bf16 with NHWC
     convolutions (``channels_last``; bf16 at batch 128 gives 1.3x the images/s of fp32 at batch 64 on 2 cores),
     flips but no crop jitter and no label smoothing (the model under-fits in this budget), a stride-4 level in the
     head (``model.min_level=2 model.flavor=model_garden``; the mobile backbones have no level-2 block, give them
     ``model.min_level=3``), cosine LR from 0.25, no gradient clipping (the initial
-    gradient norm is ~50: clipping at 10 only slows the start), and evaluation averaged over each image and its
-    mirror (``eval_hflip``)."""
-    return Recipe("fashion-mnist-cpu", task="classification", image_size=48, batch_size=128, steps=1500, lr=0.25,
+    gradient norm is ~50: clipping at 10 only slows the start), every residual branch's last BN gamma started at 0
+    (``zero_init_residual``: 91.99% and 92.17% in two 1,500-step runs, against 91.59% without), and evaluation averaged over each image and its
+    mirror (``eval_hflip``). 1,300 steps is what fits 15 minutes on the 2 cores measured (README: 91.89% in 14 min
+    28 s; 1,500 steps reached 92.17% in 16 min 50 s)."""
+    return Recipe("fashion-mnist-cpu", task="classification", image_size=48, batch_size=128, steps=1300, lr=0.25,
                   grad_clip=0.0, weight_decay=5e-5, warmup_steps=50, warmup_factor=0.1, schedule="cosine",
                   scale_min=1.0, scale_max=1.0, hflip=0.5, activation="relu", label_smoothing=0.0, eval_every=0,
                   checkpoint_every=500, log_every=50, num_workers=1, precision="bf16", channels_last=True,
+                  zero_init_residual=True,
                   extra={"eval_crop": 1.0, "eval_hflip": True, "model.min_level": 2, "model.flavor": "model_garden"})
 
 

@@ -132,6 +132,10 @@ class Trainer:
         torch.manual_seed(r.seed)
         self.train_set, self.val_set = self.task.build_datasets(r)
         self.model = self.task.build_model(r, self.train_set).to(self.device)
+        if r.zero_init_residual and not self.resume:  # --resume loads the weights anyway
+            from ..backbone import zero_init_residual
+
+            zero_init_residual(self.model)
         if r.channels_last:  # convolutions then pick NHWC kernels for NCHW inputs too; state_dict is unchanged
             self.model = self.model.to(memory_format=torch.channels_last)
         if r.extra.get("init_weights") and not self.resume:  # fine-tuning: spinenet-weights/1 file (docs/weights.md)
