@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 
 import pytest
 import torch
@@ -16,7 +17,7 @@ from spinenet.tasks import get_task
 TINY = ["model.filter_size_scale=0.125", "model.endpoints_num_filters=16", "model.head_width=16"]
 
 
-def test_lr_schedule_warmup_step_and_cosine():
+def test_lr_schedule_warmup_step_cosine_and_linear():
     r = get_recipe("coco-protocol-b")
     assert lr_factor(0, r) == pytest.approx(0.0067 / 0.28)
     assert lr_factor(1000, r) == pytest.approx(0.0067 / 0.28 * 0.5 + 0.5)
@@ -25,6 +26,13 @@ def test_lr_schedule_warmup_step_and_cosine():
     assert lr_factor(157_420, r) == pytest.approx(0.01)
     c = r.replace(schedule="cosine", warmup_steps=0, steps=100)
     assert lr_factor(0, c) == 1.0 and lr_factor(50, c) == pytest.approx(0.5) and lr_factor(100, c) == pytest.approx(0)
+    assert lr_factor(25, c) == pytest.approx(0.5 * (1 + math.cos(math.pi / 4)))
+    lin = r.replace(schedule="linear", warmup_steps=20, warmup_factor=0.1, steps=120)
+    assert lr_factor(0, lin) == pytest.approx(0.1) and lr_factor(10, lin) == pytest.approx(0.55)
+    assert lr_factor(20, lin) == 1.0 and lr_factor(45, lin) == pytest.approx(0.75)
+    assert lr_factor(120, lin) == 0.0 and lr_factor(130, lin) == 0.0
+    with pytest.raises(ValueError, match="step, cosine or linear"):
+        lr_factor(0, lin.replace(schedule="exp"))  # refused from the first step, not after warmup
 
 
 def test_overrides_are_typed_and_checked():

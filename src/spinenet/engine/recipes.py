@@ -24,7 +24,7 @@ class Recipe:
     weight_decay: float = 4e-5  # on conv / linear weights only
     warmup_steps: int = 100
     warmup_factor: float = 0.0067 / 0.28  # the official warmup starts at 0.0067 for LR 0.28
-    schedule: str = "step"  # "step" (x0.1 at each boundary) or "cosine"
+    schedule: str = "step"  # "step" (x0.1 at each boundary), "cosine" or "linear" (both decay to 0)
     lr_steps: tuple[float, ...] = (0.94, 0.98)  # boundaries as fractions of `steps`
     grad_clip: float = 10.0  # global norm; 0 disables
     precision: str = "bf16"  # "fp32" | "bf16" (CPU/CUDA autocast) | "fp16" (CUDA autocast + loss scaling)

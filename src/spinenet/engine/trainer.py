@@ -1,7 +1,7 @@
 """One training engine for every task (detection, classification, segmentation).
 
 A task supplies the model, the datasets, the loss of a batch and the evaluation; the engine owns everything
-else: SGD with momentum and weight decay on conv/linear weights only, linear warmup then step or cosine decay,
+else: SGD with momentum and weight decay on conv/linear weights only, linear warmup then step, cosine or linear decay,
 gradient clipping, an optional moving average of the weights (``ema_decay``), autocast (bf16 on CPU, fp16 with
 loss scaling or bf16 on CUDA), atomic checkpoints that resume exactly (step, optimizer, scheduler, RNG, data
 position), tqdm progress, a metrics CSV, TensorBoard events and a PNG of the curves. Distributed runs (torchrun)
@@ -84,16 +84,19 @@ def autocast_context(device: torch.device, precision: str):
 
 
 def lr_factor(step: int, recipe: Recipe) -> float:
-    """Linear warmup from ``warmup_factor`` to 1, then step decay (x0.1 per boundary) or cosine to 0."""
+    """Linear warmup from ``warmup_factor`` to 1, then step decay (x0.1 per boundary), cosine to 0 or linear to 0."""
+    if recipe.schedule not in ("step", "cosine", "linear"):
+        raise ValueError(f"schedule={recipe.schedule!r}: expected step, cosine or linear")
     if recipe.warmup_steps and step < recipe.warmup_steps:
         alpha = step / recipe.warmup_steps
         return recipe.warmup_factor * (1 - alpha) + alpha
     if recipe.schedule == "cosine":
         span = max(recipe.steps - recipe.warmup_steps, 1)
         return 0.5 * (1 + math.cos(math.pi * min(step - recipe.warmup_steps, span) / span))
-    if recipe.schedule == "step":
-        return 0.1 ** sum(step >= b * recipe.steps for b in recipe.lr_steps)
-    raise ValueError(f"schedule={recipe.schedule!r}: expected step or cosine")
+    if recipe.schedule == "linear":
+        span = max(recipe.steps - recipe.warmup_steps, 1)
+        return 1.0 - min(step - recipe.warmup_steps, span) / span
+    return 0.1 ** sum(step >= b * recipe.steps for b in recipe.lr_steps)
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
