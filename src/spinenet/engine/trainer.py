@@ -90,13 +90,11 @@ def lr_factor(step: int, recipe: Recipe) -> float:
     if recipe.warmup_steps and step < recipe.warmup_steps:
         alpha = step / recipe.warmup_steps
         return recipe.warmup_factor * (1 - alpha) + alpha
-    if recipe.schedule == "cosine":
-        span = max(recipe.steps - recipe.warmup_steps, 1)
-        return 0.5 * (1 + math.cos(math.pi * min(step - recipe.warmup_steps, span) / span))
-    if recipe.schedule == "linear":
-        span = max(recipe.steps - recipe.warmup_steps, 1)
-        return 1.0 - min(step - recipe.warmup_steps, span) / span
-    return 0.1 ** sum(step >= b * recipe.steps for b in recipe.lr_steps)
+    if recipe.schedule == "step":
+        return 0.1 ** sum(step >= b * recipe.steps for b in recipe.lr_steps)
+    span = max(recipe.steps - recipe.warmup_steps, 1)
+    done = min(step - recipe.warmup_steps, span) / span  # fraction of the decay behind us
+    return 0.5 * (1 + math.cos(math.pi * done)) if recipe.schedule == "cosine" else 1.0 - done
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
