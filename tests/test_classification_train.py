@@ -178,8 +178,8 @@ def test_fashion_mnist_subset_reaches_75_percent(tmp_path, one_thread, fashion):
     from spinenet.tasks import get_task
 
     recipe = parse_overrides(get_recipe("fashion-mnist-cpu"), [  # the budget as measured, pinned
-        "steps=300", "batch_size=32", "schedule=linear", "warmup_steps=50", "eval_every=0", "num_workers=0", "log_every=50",
-        "image_size=32", "channels_last=false", "precision=fp32", "lr=0.2", "eval_hflip=false",
+        "steps=300", "batch_size=32", "schedule=linear", "warmup_steps=50", "eval_every=0", "num_workers=0",
+        "log_every=50", "image_size=32", "channels_last=false", "precision=fp32", "lr=0.2", "eval_hflip=false",
         "model.min_level=3", "model.flavor=tpu", "warmup_factor=0.1", "weight_decay=5e-5", "zero_init_residual=true"])
     task = get_task("classification", model="spinenet49s", data="fashion-mnist:train:5000",
                     val_data="fashion-mnist:test:2000", report_dir=tmp_path / "run")
