@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from spinenet.engine import Trainer, get_recipe, lr_factor, param_groups, parse_overrides
+from spinenet.engine import Trainer, build_optimizer, get_recipe, lr_factor, param_groups, parse_overrides
 from spinenet.engine.checkpoint import atomic_save, load_checkpoint
 from spinenet.engine.sampler import ResumableBatchSampler
 from spinenet.tasks import get_task
@@ -56,6 +56,19 @@ def test_weight_decay_only_on_conv_and_linear_weights():
     decay, no_decay = param_groups(model, 1e-4)
     assert {id(p) for p in decay["params"]} == {id(model[0].weight), id(model[3].weight)}
     assert len(no_decay["params"]) == 4 and no_decay["weight_decay"] == 0
+
+
+def test_optimizer_sgd_or_adamw_with_the_same_decay_groups():
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
+    r = get_recipe("smoke").replace(lr=0.01, momentum=0.8, weight_decay=0.05)
+    sgd = build_optimizer(model, r)
+    assert type(sgd) is torch.optim.SGD and sgd.param_groups[0]["momentum"] == 0.8
+    adamw = build_optimizer(model, parse_overrides(r, ["optimizer=adamw"]))
+    assert type(adamw) is torch.optim.AdamW and adamw.param_groups[0]["betas"] == (0.8, 0.999)
+    assert [g["weight_decay"] for g in adamw.param_groups] == [0.05, 0.0]
+    assert [len(g["params"]) for g in adamw.param_groups] == [1, 3]  # conv weight | conv bias, BN weight and bias
+    with pytest.raises(ValueError, match="optimizer='adam'.*sgd, adamw"):
+        build_optimizer(model, r.replace(optimizer="adam"))
 
 
 def test_sampler_resumes_mid_stream_and_shards():

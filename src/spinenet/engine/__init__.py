@@ -1,7 +1,7 @@
 """The training engine shared by every task."""
 
 from .recipes import RECIPES, Recipe, get_recipe, parse_overrides
-from .trainer import Trainer, autocast_context, lr_factor, param_groups, resolve_device
+from .trainer import Trainer, autocast_context, build_optimizer, lr_factor, param_groups, resolve_device
 
-__all__ = ["RECIPES", "Recipe", "Trainer", "autocast_context", "get_recipe", "lr_factor", "param_groups",
-           "parse_overrides", "resolve_device"]
+__all__ = ["RECIPES", "Recipe", "Trainer", "autocast_context", "build_optimizer", "get_recipe", "lr_factor",
+           "param_groups", "parse_overrides", "resolve_device"]

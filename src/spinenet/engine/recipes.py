@@ -20,6 +20,7 @@ class Recipe:
     batch_size: int = 8
     steps: int = 1000
     lr: float = 0.08  # at batch_size; the base LR of the protocols is 0.28 at batch 256 (linear scaling rule)
+    optimizer: str = "sgd"  # "sgd" (momentum) or "adamw" (betas (momentum, 0.999), decoupled weight decay)
     momentum: float = 0.9
     weight_decay: float = 4e-5  # on conv / linear weights only
     warmup_steps: int = 100

@@ -1,11 +1,11 @@
 """One training engine for every task (detection, classification, segmentation).
 
-A task supplies the model, the datasets, the loss of a batch and the evaluation; the engine owns everything
-else: SGD with momentum and weight decay on conv/linear weights only, linear warmup then step, cosine or linear decay,
-gradient clipping, an optional moving average of the weights (``ema_decay``), autocast (bf16 on CPU, fp16 with
-loss scaling or bf16 on CUDA), atomic checkpoints that resume exactly (step, optimizer, scheduler, RNG, data
-position), tqdm progress, a metrics CSV, TensorBoard events and a PNG of the curves. Distributed runs (torchrun)
-use DDP: NCCL on CUDA, gloo on CPU; only rank 0 writes.
+A task supplies the model, the datasets, the loss of a batch and the evaluation; the engine owns everything else:
+SGD with momentum (or AdamW) and weight decay on conv/linear weights only, linear warmup then step, cosine or
+linear decay, gradient clipping, an optional moving average of the weights (``ema_decay``), autocast (bf16 on CPU,
+fp16 with loss scaling or bf16 on CUDA), atomic checkpoints that resume exactly (step, optimizer, scheduler, RNG,
+data position), tqdm progress, a metrics CSV, TensorBoard events and a PNG of the curves. Distributed runs
+(torchrun) use DDP: NCCL on CUDA, gloo on CPU; only rank 0 writes.
 """
 
 from __future__ import annotations
@@ -109,6 +109,21 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+OPTIMIZERS = ("sgd", "adamw")
+
+
+def build_optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
+    """SGD with momentum, or AdamW with betas ``(momentum, 0.999)``; either way weight decay on conv/linear weights
+    only (:func:`param_groups`). AdamW's decay is decoupled (``lr * weight_decay`` per step), so it takes much larger
+    ``weight_decay`` values than SGD's L2 term (0.05 is usual)."""
+    groups = param_groups(model, recipe.weight_decay)
+    if recipe.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=recipe.lr, momentum=recipe.momentum)
+    if recipe.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=recipe.lr, betas=(recipe.momentum, 0.999))
+    raise ValueError(f"recipe field optimizer={recipe.optimizer!r} is not known; use one of {', '.join(OPTIMIZERS)}")
+
+
 class Trainer:
     def __init__(self, task: Task, recipe: Recipe, out_dir: str | os.PathLike, device: str | None = None,
                  resume: bool = False, dist: DistInfo | None = None, progress: bool = True) -> None:
@@ -153,7 +168,7 @@ class Trainer:
         if self.dist.world_size > 1:
             self.model = nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
-        self.optimizer = torch.optim.SGD(param_groups(self.model_core, r.weight_decay), lr=r.lr, momentum=r.momentum)
+        self.optimizer = build_optimizer(self.model_core, r)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_factor(s, r))
         self.scaler = torch.amp.GradScaler("cuda", enabled=r.precision == "fp16" and self.device.type == "cuda")
         self.step = 0
