@@ -26,8 +26,9 @@ from spinenet.data import (
     eval_transforms,
     train_transforms,
 )
-from spinenet.data.transforms import (ColorJitter, RandomHorizontalFlip, RandomTranspose, RandomVerticalFlip,
-                                      ScaleJitterCrop)
+from spinenet.data.transforms import (PAD_FILL, ColorJitter, RandomHorizontalFlip, RandomTranspose,
+                                      RandomVerticalFlip, ScaleJitterCrop)
+from spinenet.models.classification import IMAGENET_MEAN, IMAGENET_STD
 
 
 # ---- helpers ----------------------------------------------------------------------------------------------
@@ -485,12 +486,23 @@ def test_scale_jitter_crop_follows_pixels() -> None:
 
 
 def test_scale_jitter_pads_and_drops_with_per_box_fields() -> None:
-    # scale 0.5: a 100x100 image goes to 50x50 and is zero-padded to 100x100; boxes clip to the valid 50x50
+    # scale 0.5: a 100x100 image goes to 50x50 and is padded to 100x100 with the ImageNet mean colour (zero after
+    # the models' normalisation, as the official pipeline pads the normalised image); boxes clip to the valid 50x50
     image = torch.full((3, 100, 100), 200, dtype=torch.uint8)
     target = _target([[10, 10, 30, 30], [90, 90, 120, 120]], difficult=torch.tensor([True, False]))
     out, t = ScaleJitterCrop(100, scale_range=(0.5, 0.5))(image, target)
-    assert tuple(out.shape) == (3, 100, 100)
-    assert int(out[:, :50, :50].min()) == 200 and int(out[:, 50:, :].max()) == 0 and int(out[:, :, 50:].max()) == 0
+    assert tuple(out.shape) == (3, 100, 100) and out.dtype == torch.uint8
+    assert int(out[:, :50, :50].min()) == 200 == int(out[:, :50, :50].max())
+    mean_rgb = [124, 116, 104]  # round(255 * (0.485, 0.456, 0.406))
+    for c in range(3):
+        assert set(out[c, 50:, :].unique().tolist()) == set(out[c, :, 50:].unique().tolist()) == {mean_rgb[c]}
+    assert PAD_FILL == IMAGENET_MEAN
+    mean, std = torch.tensor(IMAGENET_MEAN).view(3, 1, 1), torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    assert float(((out.float() / 255 - mean) / std)[:, 50:, :].abs().max()) < 0.01
+    floats, _ = ScaleJitterCrop(100, scale_range=(0.5, 0.5), fill=(0.0,))(image.float() / 255, _target([]))
+    assert float(floats[:, 50:, :].abs().max()) == 0.0 and abs(float(floats[0, 0, 0]) - 200 / 255) < 1e-6
+    with pytest.raises(ValueError, match="2 values for a 3-channel image"):
+        ScaleJitterCrop(100, scale_range=(0.5, 0.5), fill=(0.1, 0.2))(image, _target([]))
     torch.testing.assert_close(t["boxes"], torch.tensor([[5.0, 5, 15, 15], [45, 45, 50, 50]]))
     assert t["difficult"].tolist() == [True, False] and t["labels"].tolist() == [1, 2]
     # scale 1 on a 40x100 image with a (40, 50) output: no resize, a random 50 px wide window; a box the

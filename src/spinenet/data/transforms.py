@@ -3,9 +3,12 @@
 The official SpineNet RetinaNet input pipeline (Model Garden / TPU ``resize_and_crop_image``, spec 7.2-7.3)
 augments with a horizontal flip and *scale jitter*: draw ``s ~ U[scale_min, scale_max]``, resize the image keeping
 its aspect ratio so that it fits inside ``s * output_size``, take a random ``output_size`` crop when the result is
-larger, and zero-pad on the bottom/right when it is smaller. Boxes follow the image, are clipped to the valid
-(non-padded) pixels, and boxes left with no width or height are dropped (same rule as the datasets). The
-recipes use ``[0.8, 1.2]`` (protocol A), ``[0.5, 2.0]`` (protocol B, the default here) and ``[0.1, 2.0]``.
+larger, and pad on the bottom/right when it is smaller. The official pipeline pads the *normalised* image with
+zeros; here images are still raw, so the padding is the ImageNet mean colour (:data:`PAD_FILL`), which the models'
+normalisation turns into those zeros (a black border would be about -2 after normalisation). Boxes follow the
+image, are clipped to the valid (non-padded) pixels, and boxes left with no width or height are dropped (same rule
+as the datasets). The recipes use ``[0.8, 1.2]`` (protocol A), ``[0.5, 2.0]`` (protocol B, the default here) and
+``[0.1, 2.0]``.
 
 Images stay ``uint8 [3, H, W]``: normalisation and the final resize happen inside the model, and evaluation uses
 no transform at all (:func:`eval_transforms` returns ``None``).
@@ -23,6 +26,7 @@ import torch
 from torchvision.transforms.v2 import functional as F
 
 __all__ = [
+    "PAD_FILL",
     "ColorJitter",
     "Compose",
     "RandomHorizontalFlip",
@@ -174,10 +178,27 @@ class ColorJitter:
         return f"ColorJitter(strength={self.strength})"
 
 
+# The ImageNet mean in [0, 1] (the models normalise with it: spinenet.models.classification.IMAGENET_MEAN and
+# torchvision's detection transform); uint8 images are padded with round(255 * mean).
+PAD_FILL = (0.485, 0.456, 0.406)
+
+
+def _pad_value(image: torch.Tensor, fill: Sequence[float]) -> torch.Tensor:
+    """``fill`` (in [0, 1]) as a ``[C, 1, 1]`` tensor in ``image``'s dtype and value range."""
+    if len(fill) not in (1, image.shape[0]):
+        raise ValueError(f"pad fill {tuple(fill)} has {len(fill)} values for a {image.shape[0]}-channel image; "
+                         "give one value or one per channel")
+    values = torch.tensor(fill, dtype=torch.float64)
+    if not image.is_floating_point():
+        values = (values * 255).round()
+    return values.to(image.dtype).view(-1, 1, 1)
+
+
 class ScaleJitterCrop:
     """Scale jitter + random crop/pad to ``output_size`` (official ``resize_and_crop_image`` semantics).
 
-    ``output_size`` is an int (square) or ``(height, width)``. The output is always exactly that size;
+    ``output_size`` is an int (square) or ``(height, width)``. The output is always exactly that size; padding
+    takes ``fill`` (per channel, in [0, 1]; :data:`PAD_FILL` = the ImageNet mean, i.e. zero once normalised);
     ``target["scale"]`` records the resize factor (``(sy, sx)``) and ``target["crop_offset"]`` the crop origin
     ``(y, x)`` in the resized image, so predictions can be mapped back if needed.
     """
@@ -187,8 +208,10 @@ class ScaleJitterCrop:
         output_size: int | tuple[int, int],
         scale_range: tuple[float, float] = (0.5, 2.0),
         generator: torch.Generator | None = None,
+        fill: Sequence[float] = PAD_FILL,
     ) -> None:
         self.output_size = (output_size, output_size) if isinstance(output_size, int) else tuple(output_size)
+        self.fill = tuple(float(v) for v in fill)
         if len(self.output_size) != 2 or min(self.output_size) <= 0:
             raise ValueError(f"output_size must be a positive int or (height, width), got {output_size!r}")
         low, high = (float(v) for v in scale_range)
@@ -210,7 +233,9 @@ class ScaleJitterCrop:
         image = image[:, off_y : off_y + out_h, off_x : off_x + out_w]
         valid_h, valid_w = image.shape[-2:]
         if (valid_h, valid_w) != (out_h, out_w):
-            image = torch.nn.functional.pad(image, (0, out_w - valid_w, 0, out_h - valid_h))
+            canvas = _pad_value(image, self.fill).expand(image.shape[0], out_h, out_w).clone()
+            canvas[:, :valid_h, :valid_w] = image
+            image = canvas
         if "masks" in target:  # instance masks: nearest resize, same crop and padding as the image
             masks = target["masks"]
             if masks.shape[0] and (new_h, new_w) != (height, width):
