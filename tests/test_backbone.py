@@ -121,7 +121,9 @@ def test_stochastic_depth_is_training_only_and_random():
 def test_overrides_reach_the_modules():
     model = spinenet.create_model("spinenet49", activation="swish", bn_eps=1e-5, bn_momentum=0.1,
                                   endpoints_num_filters=64, min_level=4, max_level=6)
-    assert model.out_channels == 64 and model.size_divisibility == 64
+    # endpoints 4-6, but the level-7 blocks feeding them stay: inputs still pad to 2 ** 7
+    assert model.out_channels == 64 and model.size_divisibility == 128
+    assert max(n.level for n in model.graph.nodes) == 7
     assert [f["name"] for f in model.feature_info] == ["4", "5", "6"]
     bns = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     assert all(m.eps == 1e-5 and m.momentum == 0.1 for m in bns)

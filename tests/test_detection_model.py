@@ -228,6 +228,18 @@ def test_train_losses_gradients_and_eval_boxes(tiny_detector):
     model.score_thresh, model.detections_per_img = 0.05, 100
 
 
+def test_fewer_levels_still_pad_to_the_deepest_block():
+    # P3-P5 only: the level-6/7 blocks that feed them stay, so a 320 px image is padded to 384 (not to 320, a
+    # multiple of 2 ** 5, which gave those blocks 3x3 maps resampled onto 10x10 ones); its anchors cover P3-P5
+    model = create_detector("retinanet_spinenet49s", num_classes=2, image_size=320, max_level=5, **TINY).eval()
+    assert model.backbone.size_divisibility == 128
+    batch, _ = model.transform([torch.rand(3, 320, 320)])
+    assert tuple(batch.tensors.shape[-2:]) == (384, 384) and batch.image_sizes == [(320, 320)]
+    with torch.no_grad():
+        features = model.backbone(batch.tensors)
+    assert {k: tuple(v.shape[-2:]) for k, v in features.items()} == {"3": (48, 48), "4": (24, 24), "5": (12, 12)}
+
+
 def test_mobile_detector_runs():
     torch.manual_seed(0)
     model = create_detector("retinanet_spinenet_mobile49xs", num_classes=3, image_size=128)

@@ -87,7 +87,9 @@ class SpineNet(nn.Module):
 
     Build it through :func:`spinenet.create_model`. Attributes follow the detector-backbone contract:
     ``out_channels`` (channels of every endpoint), ``feature_info`` (per level: name, channels, stride) and
-    ``size_divisibility`` (``2 ** max_level``, what detectors pad their inputs to).
+    ``size_divisibility`` (what detectors pad their inputs to: ``2 ** L`` for the deepest block level ``L`` the
+    graph keeps, so every level's map is an exact power-of-two reduction; that is 128 whenever a level-7 block
+    feeds a requested endpoint, also with ``max_level`` < 7).
     """
 
     def __init__(self, graph: Graph, activation: str = "relu", bn_eps: float = 1e-4, bn_momentum: float = 0.003,
@@ -125,7 +127,9 @@ class SpineNet(nn.Module):
                          for pos in range(len(graph.nodes))}
 
         self.out_channels = graph.endpoints_num_filters
-        self.size_divisibility = 2 ** graph.max_level
+        # not 2 ** max_level: with max_level=5 the level-6/7 blocks that feed P3-P5 stay, and a 320 px input would
+        # give them 3 x 3 maps resampled onto 10 x 10 ones (misaligned features; AP collapsed at some sizes)
+        self.size_divisibility = 2 ** max(node.level for node in graph.nodes)
         self.feature_info = [{"name": str(level), "level": level, "num_chs": graph.endpoints_num_filters,
                               "reduction": 2 ** level} for level in graph.levels]
 
