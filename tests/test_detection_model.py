@@ -238,6 +238,7 @@ def test_fewer_levels_still_pad_to_the_deepest_block():
     with torch.no_grad():
         features = model.backbone(batch.tensors)
     assert {k: tuple(v.shape[-2:]) for k, v in features.items()} == {"3": (48, 48), "4": (24, 24), "5": (12, 12)}
+    assert (model.anchor_generator.min_level, model.anchor_generator.max_level) == (3, 5)
 
 
 def test_mobile_detector_runs():

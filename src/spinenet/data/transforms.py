@@ -261,7 +261,7 @@ class ScaleJitterCrop:
         return image.contiguous(), target
 
     def __repr__(self) -> str:
-        return f"ScaleJitterCrop(output_size={self.output_size}, scale_range={self.scale_range})"
+        return f"ScaleJitterCrop(output_size={self.output_size}, scale_range={self.scale_range}, fill={self.fill})"
 
 
 def train_transforms(
