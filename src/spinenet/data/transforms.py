@@ -25,6 +25,8 @@ from typing import Any, Callable, Sequence
 import torch
 from torchvision.transforms.v2 import functional as F
 
+from ..models.classification import IMAGENET_MEAN
+
 __all__ = [
     "PAD_FILL",
     "ColorJitter",
@@ -178,9 +180,9 @@ class ColorJitter:
         return f"ColorJitter(strength={self.strength})"
 
 
-# The ImageNet mean in [0, 1] (the models normalise with it: spinenet.models.classification.IMAGENET_MEAN and
-# torchvision's detection transform); uint8 images are padded with round(255 * mean).
-PAD_FILL = (0.485, 0.456, 0.406)
+# The mean the models normalise with (in [0, 1]; torchvision's detection transform uses the same), so padding is
+# zero once normalised; uint8 images are padded with round(255 * mean).
+PAD_FILL = IMAGENET_MEAN
 
 
 def _pad_value(image: torch.Tensor, fill: Sequence[float]) -> torch.Tensor:

@@ -182,10 +182,10 @@ def fashion_mnist_cpu() -> Recipe:
     flips but no crop jitter and no label smoothing (the model under-fits in this budget), a stride-4 level in the
     head (``model.min_level=2 model.flavor=model_garden``; the mobile backbones have no level-2 block, give them
     ``model.min_level=3``), LR from 0.25 decaying linearly to 0 (``schedule="linear"``: 92.15% / 91.92% for seeds
-    0 / 1, against 91.89% / 91.77% with cosine decay), no gradient clipping (the initial
-    gradient norm is ~50: clipping at 10 only slows the start), every residual branch's last BN gamma started at 0
-    (``zero_init_residual``: 91.99% and 92.17% in two 1,500-step runs, against 91.59% without), and evaluation averaged over each image and its
-    mirror (``eval_hflip``). 1,300 steps fit 15 minutes on a machine training ~190 images/s (README: seed 0 reached
+    0 / 1, against 91.89% / 91.77% with cosine decay), no gradient clipping (the initial gradient norm is ~50:
+    clipping at 10 only slows the start), every residual branch's last BN gamma started at 0
+    (``zero_init_residual``: 91.99% and 92.17% in two 1,500-step runs, against 91.59% without), and evaluation
+    averaged over each image and its mirror (``eval_hflip``). 1,300 steps fit 15 minutes on a machine training ~190 images/s (README: seed 0 reached
     92.15% in 11 min 11 s at 198-359 images/s, and in 17-18 min on machines at 142-201 images/s)."""
     return Recipe("fashion-mnist-cpu", task="classification", image_size=48, batch_size=128, steps=1300, lr=0.25,
                   grad_clip=0.0, weight_decay=5e-5, warmup_steps=50, warmup_factor=0.1, schedule="linear",
