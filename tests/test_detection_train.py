@@ -56,20 +56,29 @@ def test_two_class_training_on_soap(tmp_path):
     assert found == {1, 2}, det
 
 
-def test_cli_train_eval_predict(tmp_path, capsys):
+def test_cli_train_eval_predict(tmp_path, capsys, monkeypatch):
     out = tmp_path / "run"
     args = ["train", "--model", "retinanet_spinenet49s", "--data", "trees:soap", "--val-data", "trees:osbs",
             "--out", str(out), "--device", "cpu", "steps=3", "batch_size=2", "image_size=128", "log_every=1",
-            "model.filter_size_scale=0.125", "model.head_width=16", "model.endpoints_num_filters=16"]
+            "eval_image_size=160", "model.filter_size_scale=0.125", "model.head_width=16",
+            "model.endpoints_num_filters=16"]
     assert main(args) == 0
     assert "AP50=" in capsys.readouterr().out
     assert main(args) == 2  # the run folder exists: refused without --resume
     assert "already exists" in capsys.readouterr().err
     ckpt = out / "checkpoints" / "final.pt"
+    import spinenet.tasks.detection as detection
+
+    sizes, inference_size = [], detection.inference_size
+    monkeypatch.setattr(detection, "inference_size", lambda model, size: sizes.append(size) or inference_size(
+        model, size))
     assert main(["eval", "--checkpoint", str(ckpt), "--data", "trees:osbs", "--out", str(tmp_path / "r.json")]) == 0
     printed = capsys.readouterr().out
     for key in ("AP ", "AP50", "AP75", "APs", "APm", "APl"):
         assert key in printed
+    assert main(["eval", "--checkpoint", str(ckpt), "--data", "trees:osbs", "--image-size", "128"]) == 0
+    assert sizes == [160, 128]  # the run's own evaluation size by default, --image-size over it
+    capsys.readouterr()
     assert isinstance(json.loads((tmp_path / "r.json").read_text()), list)
     from spinenet.data.trees import trees_data_dir
 

@@ -142,6 +142,15 @@ def _load_for_inference(path: str, device: str | None, ckpt: dict | None = None)
     return model.to(dev).eval(), ckpt, dev
 
 
+def _detection_image_size(args: argparse.Namespace, ckpt: dict) -> int | None:
+    """``--image-size``, else the recipe's ``eval_image_size`` (where the run evaluated itself), else ``None``
+    (the model's training size)."""
+    if args.image_size:
+        return args.image_size
+    size = ckpt.get("recipe", {}).get("extra", {}).get("eval_image_size")
+    return int(size) if size else None
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from .data import dataset_from_path
     from .data.evaluation import predictions_to_coco_results, save_results_json
@@ -168,7 +177,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     dataset = dataset_from_path(args.data, **kwargs)
     if list(dataset.classes) != list(ckpt["classes"]):
         raise ValueError(f"{args.data} has classes {dataset.classes[1:]}, the checkpoint {ckpt['classes'][1:]}")
-    with inference_size(model, args.image_size):
+    with inference_size(model, _detection_image_size(args, ckpt)):
         predictions = predict_dataset(model, dataset, device)
     metrics = evaluate_predictions(predictions, dataset)
     print("  ".join(f"{k} {metrics[k]:.4f}" for k in DETECTION_METRICS))
@@ -213,7 +222,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     for image_path in args.images:
         image = decode_image(image_path)
-        with torch.no_grad(), inference_size(model, args.image_size):
+        with torch.no_grad(), inference_size(model, _detection_image_size(args, ckpt)):
             (det,) = model([image.to(device).float() / 255])
         keep = det["scores"] >= args.score_thresh
         boxes, scores, labels = det["boxes"][keep].cpu(), det["scores"][keep].cpu(), det["labels"][keep].cpu()
@@ -364,8 +373,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--classes", help="class mode of built-in sets, e.g. dead_alive")
     p.add_argument("--out", help="detection: write COCO results JSON here; classification / segmentation: a folder "
                    "for metrics.json and confusion_matrix.png / overlays/")
-    p.add_argument("--image-size", type=int, help="resize the long side to this instead of the training size "
-                   "(e.g. the images' native size)")
+    p.add_argument("--image-size", type=int, help="resize the long side to this (e.g. the images' native size); "
+                   "default: the recipe's eval_image_size for detection, else the training size")
     p.add_argument("--device")
     p.set_defaults(func=cmd_eval)
 
@@ -377,7 +386,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "*_mask.png with class ids)")
     p.add_argument("--score-thresh", type=float, default=0.3,
                    help="keep detections at or above this score (also lowers the model's own 0.05 if smaller)")
-    p.add_argument("--image-size", type=int, help="resize the long side to this instead of the training size")
+    p.add_argument("--image-size", type=int, help="resize the long side to this; default: the recipe's "
+                   "eval_image_size for detection, else the training size")
     p.add_argument("--device")
     p.set_defaults(func=cmd_predict)
 
