@@ -1,8 +1,8 @@
 """The tree-crown demo over several seeds: mean and spread of held-out and cross-site AP50.
 
 Each seed trains the demo model from scratch with the ``trees-cpu`` recipe (about 8 minutes on 2 CPU cores),
-then evaluates on the held-out YELL block and on the OSBS_029 and SOAP_061 sites, at the training scale (what
-``make demo`` prints) and at their native 400 px.
+then evaluates on the held-out YELL block and on the OSBS_029 and SOAP_061 sites, at the recipe's evaluation size
+(``eval_image_size``, what ``make demo`` prints) and at their native 400 px.
 
     python benchmarks/bench_trees.py --seeds 0 1 2 --out out/bench-trees
 """
@@ -33,9 +33,9 @@ def run_seed(seed: int, out: Path, model: str, device: str, overrides: list[str]
     held_out = trainer.fit()
     row = {"seed": seed, "train_minutes": (time.perf_counter() - start) / 60, "yell_val_AP50": held_out["AP50"]}
     model_ = trainer.eval_model.eval()
-    # All four NEON photographs are 10 cm per pixel, so the training scale (the 400 px tiles resized to
-    # ``image_size``) is the like-for-like scale for the 400 px OSBS / SOAP images too: the task evaluates there,
-    # as for the held-out block and as ``spinenet eval`` (so ``make demo``) does; native 400 px is reported beside.
+    # All four NEON photographs are 10 cm per pixel and the held-out tiles are 400 px, like the OSBS / SOAP images:
+    # the task evaluates them at the recipe's evaluation size, as for the held-out block and as ``spinenet eval``
+    # (so ``make demo``) does; native 400 px is reported beside.
     for site in ("osbs", "soap"):
         dataset = dataset_from_path(f"trees:{site}")
         row[f"{site}_AP50"] = trainer.task.evaluate(model_, dataset, torch.device(device), recipe)["AP50"]
