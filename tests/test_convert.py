@@ -441,9 +441,10 @@ def test_tpu_mobile_preset_converts_a_tf1_layout_retinanet(tmp_path, capsys, one
 # ------------------------------------------------------------------------------------- engine: init_weights=PATH
 def test_train_starts_from_converted_weights(converted, tmp_path, capsys):
     path = converted["mg_retinanet_spinenet49_tiny"][0]
-    args = ["train", "--model", "retinanet_spinenet49", "--data", "trees:soap", "--device", "cpu", "steps=1",
-            "batch_size=2", "image_size=128", "log_every=1", f"init_weights={path}", "model.filter_size_scale=0.125",
-            "model.endpoints_num_filters=32", "model.resample_alpha=0.5", "model.head_width=32"]
+    args = ["train", "--model", "retinanet_spinenet49", "--data", "trees:soap", "--device", "cpu", "--recipe", "smoke",
+            "steps=1", "batch_size=2", "image_size=128", "log_every=1", f"init_weights={path}",
+            "model.filter_size_scale=0.125", "model.endpoints_num_filters=32", "model.resample_alpha=0.5",
+            "model.head_width=32"]
     assert main([*args, "model.flavor=model_garden", "--out", str(tmp_path / "run")]) == 0
     out = capsys.readouterr().out
     assert "init_weights: loaded" in out and "re-initialised 2" in out and "head.classifier.weight" in out
