@@ -143,12 +143,11 @@ def _load_for_inference(path: str, device: str | None, ckpt: dict | None = None)
 
 
 def _detection_image_size(args: argparse.Namespace, ckpt: dict) -> int | None:
-    """``--image-size``, else the recipe's ``eval_image_size`` (where the run evaluated itself), else ``None``
-    (the model's training size)."""
-    if args.image_size:
-        return args.image_size
-    size = ckpt.get("recipe", {}).get("extra", {}).get("eval_image_size")
-    return int(size) if size else None
+    """``--image-size``, else the size the run evaluated itself at (its recipe's ``eval_image_size``), else
+    ``None`` (the model's training size)."""
+    from .tasks.detection import eval_image_size
+
+    return args.image_size or eval_image_size(ckpt.get("recipe", {}).get("extra", {}))
 
 
 def cmd_eval(args: argparse.Namespace) -> int:

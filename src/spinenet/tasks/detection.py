@@ -113,10 +113,15 @@ class DetectionTask:
     # ------------------------------------------------------------------------------------------ evaluation
     def evaluate(self, model: nn.Module, dataset: Dataset, device: torch.device, recipe: Recipe | None = None,
                  batch_size: int = 4) -> dict[str, float]:
-        size = recipe.extra.get("eval_image_size") if recipe is not None else None
-        with inference_size(model, int(size) if size else None):
+        with inference_size(model, eval_image_size(recipe.extra) if recipe is not None else None):
             predictions = predict_dataset(model, dataset, device, batch_size)
         return evaluate_predictions(predictions, dataset)
+
+
+def eval_image_size(extra: dict[str, Any]) -> int | None:
+    """The long side a recipe evaluates at (its ``extra["eval_image_size"]``); ``None``: the training size."""
+    size = extra.get("eval_image_size")
+    return int(size) if size else None
 
 
 @contextlib.contextmanager
