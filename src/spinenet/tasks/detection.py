@@ -40,12 +40,15 @@ class DetectionTask:
 
         return getattr(get_detector_def(self.model_name), "family", "retinanet") == "maskrcnn"
 
-    def _open(self, path: str, classes: list[str] | None = None, tile_size: int | None = None):
+    def _open(self, path: str, classes: list[str] | None = None, tile_size: int | None = None,
+              overlap: int | None = None):
         from ..data import dataset_from_path
 
         kwargs: dict[str, Any] = {}
         if path.startswith("trees:") and tile_size and path.split(":", 1)[1].startswith("yell"):
             kwargs["tile_size"] = tile_size  # recipe field tile_size=N (default: the sets' 400 px tiles)
+            if overlap:
+                kwargs["overlap"] = overlap  # recipe field tile_overlap=N: neighbouring training tiles share N px
         if path.startswith("nuclei:") and tile_size:
             kwargs["tile_size"] = tile_size
         if path.endswith(".json") and self.needs_masks:
@@ -59,7 +62,7 @@ class DetectionTask:
     def build_datasets(self, recipe: Recipe) -> tuple[Dataset, Dataset | None]:
         tile = recipe.extra.get("tile_size")
         tile = int(tile) if tile else None
-        train = self._open(self.data, tile_size=tile)
+        train = self._open(self.data, tile_size=tile, overlap=int(recipe.extra.get("tile_overlap", 0)))
         if self.needs_masks and not getattr(train, "with_masks", False):
             raise ValueError(f"--model {self.model_name} trains on instance masks, but --data {self.data} has boxes "
                              "only; give a COCO .json with 'segmentation' per annotation or nuclei:<half>, or "
