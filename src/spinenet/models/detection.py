@@ -38,6 +38,7 @@ from ..backbone import SpineNet
 from ..registry import Table, build_from_config, config_to_json, get_model_def, resolve_config
 from ..specs import Architecture, Scaling
 from .anchors import MultilevelAnchors
+from .atss import DEFAULT_TOPK, anchor_levels, atss_match
 from .box_coder import BoxCoder
 from .retinanet_head import RetinaNetHead
 from .retinanet_loss import retinanet_loss
@@ -50,8 +51,12 @@ POSTPROCESS_DEFAULTS: dict[str, float | int] = {"score_thresh": 0.05, "nms_thres
                                                 "topk_candidates": 5000}
 LOSS_DEFAULTS: dict[str, float] = {"focal_alpha": 0.25, "focal_gamma": 1.5, "huber_delta": 0.1,
                                    "box_loss_weight": 50.0}
+# Anchor labelling: "iou" is the official rule (IoU >= 0.5, plus each box's best anchor); "atss" the optional
+# adaptive selection of :mod:`.atss`.
+MATCHERS = ("iou", "atss")
+MATCHING_DEFAULTS: dict[str, Any] = {"matcher": "iou", "atss_topk": DEFAULT_TOPK}
 HEAD_OVERRIDES = ("head_convs", "head_width", "anchor_size")
-DETECTOR_OVERRIDES = HEAD_OVERRIDES + tuple(POSTPROCESS_DEFAULTS) + tuple(LOSS_DEFAULTS)
+DETECTOR_OVERRIDES = HEAD_OVERRIDES + tuple(POSTPROCESS_DEFAULTS) + tuple(LOSS_DEFAULTS) + tuple(MATCHING_DEFAULTS)
 
 
 @dataclass(frozen=True)
@@ -187,7 +192,7 @@ class SpineNetRetinaNet(RetinaNet):
                  image_size: int, *, score_thresh: float = 0.05, nms_thresh: float = 0.5,
                  detections_per_img: int = 100, topk_candidates: int = 5000, focal_alpha: float = 0.25,
                  focal_gamma: float = 1.5, huber_delta: float = 0.1, box_loss_weight: float = 50.0,
-                 config: dict[str, Any] | None = None) -> None:
+                 matcher: str = "iou", atss_topk: int = DEFAULT_TOPK, config: dict[str, Any] | None = None) -> None:
         super().__init__(backbone, num_classes, min_size=image_size, max_size=image_size, head=head,
                          score_thresh=score_thresh, nms_thresh=nms_thresh, detections_per_img=detections_per_img,
                          fg_iou_thresh=0.5, bg_iou_thresh=0.5, topk_candidates=topk_candidates,
@@ -201,15 +206,25 @@ class SpineNetRetinaNet(RetinaNet):
         self.num_classes = num_classes
         self.loss_settings = {"focal_alpha": focal_alpha, "focal_gamma": focal_gamma, "huber_delta": huber_delta,
                               "box_loss_weight": box_loss_weight}
+        if matcher not in MATCHERS:
+            raise ValueError(f"detector: matcher must be one of {MATCHERS}, got {matcher!r}")
+        self.matcher, self.atss_topk = matcher, _positive_int(atss_topk, "detector: atss_topk")
         self.config = dict(config or {})
 
     def match_anchors(self, anchors: list[torch.Tensor],
                       targets: list[dict[str, torch.Tensor]]) -> list[torch.Tensor]:
-        """Per image ``[M]``: matched ground-truth index (IoU >= 0.5, plus each box's best anchor), -1 otherwise."""
+        """Per image ``[M]``: matched ground-truth index, -1 otherwise. ``matcher="iou"`` (official): IoU >= 0.5,
+        plus each box's best anchor; ``"atss"``: adaptive selection (:mod:`.atss`)."""
         matched = []
+        levels = None
         for anchors_i, target in zip(anchors, targets):
             if target["boxes"].numel() == 0:
                 matched.append(torch.full((anchors_i.shape[0],), -1, dtype=torch.int64, device=anchors_i.device))
+            elif self.matcher == "atss":
+                if levels is None:  # every image of the batch shares the padded batch's anchors
+                    levels = anchor_levels(anchors_i, self.anchor_generator.anchor_size)
+                matched.append(atss_match(target["boxes"], anchors_i, levels, self.anchor_generator.num_anchors,
+                                          self.atss_topk))
             else:
                 matched.append(self.proposal_matcher(box_iou(target["boxes"], anchors_i)))
         return matched
@@ -270,7 +285,8 @@ def create_detector(name: str, *, num_classes: int | None = None, image_size: in
     gives 91, as the official configs). ``image_size`` is the long side images are resized to (default: the
     row's 640 / 1024 / 1280 / 384 / 256). ``overrides``: detector-level ``head_convs``, ``head_width``,
     ``anchor_size``, ``score_thresh``, ``nms_thresh``, ``detections_per_img``, ``topk_candidates``,
-    ``focal_alpha``, ``focal_gamma``, ``huber_delta``, ``box_loss_weight``; everything else goes to
+    ``focal_alpha``, ``focal_gamma``, ``huber_delta``, ``box_loss_weight``, ``matcher`` (``"iou"``, the official
+    rule, or ``"atss"``, :mod:`.atss`), ``atss_topk``; everything else goes to
     :func:`spinenet.create_model` for the backbone (``flavor``, ``activation``, ``filter_size_scale``,
     ``endpoints_num_filters``, ``bn_eps``, ``stochastic_depth_rate``, ...). The head uses the backbone's
     activation and BN settings, as the official configs do.
@@ -318,6 +334,7 @@ def create_detector(name: str, *, num_classes: int | None = None, image_size: in
                     "anchor_size": float(detector_opts.get("anchor_size", defn.anchor_size))},
         "postprocess": {k: detector_opts.get(k, v) for k, v in POSTPROCESS_DEFAULTS.items()},
         "loss": {k: float(detector_opts.get(k, v)) for k, v in LOSS_DEFAULTS.items()},
+        "matching": {k: detector_opts.get(k, v) for k, v in MATCHING_DEFAULTS.items()},
     }
     return create_detector_from_config(config)
 
@@ -349,5 +366,7 @@ def create_detector_from_config(config: Mapping[str, Any]) -> SpineNetRetinaNet:
                          _positive_int(head_cfg["num_convs"], "head_convs"),
                          _positive_int(head_cfg["num_filters"], "head_width"), len(anchors.levels),
                          head_cfg["separable"], head_cfg["activation"], head_cfg["bn_eps"], head_cfg["bn_momentum"])
+    # configs written before the matcher was selectable have no "matching" entry: the official IoU rule
+    matching = {**MATCHING_DEFAULTS, **config.get("matching", {})}
     return SpineNetRetinaNet(backbone, head, anchors, config["num_classes"], config["image_size"],
-                             **config["postprocess"], **config["loss"], config=dict(config))
+                             **config["postprocess"], **config["loss"], **matching, config=dict(config))
