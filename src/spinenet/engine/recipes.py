@@ -42,6 +42,7 @@ class Recipe:
     label_smoothing: float = 0.0
     ema_decay: float = 0.0  # > 0: evaluate and ship an exponential moving average of the weights (engine/ema.py)
     zero_init_residual: bool = False  # start every residual branch's last BN gamma at 0 (fresh runs only)
+    bn_freeze_steps: int = 0  # the last N steps train with BN in inference mode (running statistics, frozen)
     eval_every: int = 0  # 0 = only at the end
     checkpoint_every: int = 200
     log_every: int = 10
