@@ -154,30 +154,30 @@ def test_zero_init_residual_starts_each_block_as_its_shortcut_and_resumes_exactl
     assert all(torch.equal(a[k], b[k]) for k in a), "zero_init_residual: N steps != 0 + resume + N"
 
 
-def test_bn_freeze_steps_keep_running_statistics_and_resume_exactly(tmp_path):
+def test_bn_freeze_keeps_running_statistics_and_resumes_exactly(tmp_path):
     def bn_state(trainer):
         bns = [m for m in trainer.model_core.modules() if isinstance(m, torch.nn.BatchNorm2d)]
         return ([b.running_var.clone() for b in bns], [b.weight.detach().clone() for b in bns],
                 [b.training for b in bns])
 
-    run = _trainer(tmp_path / "a", 4, extra=["bn_freeze_steps=2", "lr=0.01"])
+    run = _trainer(tmp_path / "a", 4, extra=["bn_freeze=0.5", "lr=0.01"])
     run.fit(stop_at=2)  # the two steps before the freeze update the running statistics
     var2, gamma2, _ = bn_state(run)
-    resumed = _trainer(tmp_path / "a", 4, resume=True, extra=["bn_freeze_steps=2", "lr=0.01"])
+    resumed = _trainer(tmp_path / "a", 4, resume=True, extra=["bn_freeze=0.5", "lr=0.01"])
     resumed.fit()
     var4, gamma4, training = bn_state(resumed)
     assert all(torch.equal(a, b) for a, b in zip(var2, var4)), "frozen BN statistics moved"
     assert any(not torch.equal(a, b) for a, b in zip(gamma2, gamma4)), "BN affine weights stopped training"
     assert not any(training) and resumed.model_core.training  # BN in inference mode, the detector in training
-    straight = _trainer(tmp_path / "b", 4, extra=["bn_freeze_steps=2", "lr=0.01"])
+    straight = _trainer(tmp_path / "b", 4, extra=["bn_freeze=0.5", "lr=0.01"])
     straight.fit()
     a, b = straight.model_core.state_dict(), resumed.model_core.state_dict()
-    assert all(torch.equal(a[k], b[k]) for k in a), "bn_freeze_steps: N steps != N/2 + resume + N/2"
+    assert all(torch.equal(a[k], b[k]) for k in a), "bn_freeze: N steps != N/2 + resume + N/2"
     unfrozen = _trainer(tmp_path / "c", 4, extra=["lr=0.01"])
     unfrozen.fit()
     assert any(not torch.equal(a, b) for a, b in zip(var2, bn_state(unfrozen)[0]))  # without it steps 3-4 move them
-    with pytest.raises(ValueError, match="bn_freeze_steps=5.*0..steps"):
-        _trainer(tmp_path / "d", 4, extra=["bn_freeze_steps=5"]).fit()
+    with pytest.raises(ValueError, match=r"bn_freeze=1.5.*\[0, 1\]"):
+        _trainer(tmp_path / "d", 4, extra=["bn_freeze=1.5"]).fit()
 
 def test_existing_output_is_refused_without_resume(tmp_path):
     (tmp_path / "run").mkdir()

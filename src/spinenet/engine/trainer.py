@@ -85,10 +85,10 @@ def autocast_context(device: torch.device, precision: str):
 
 def freeze_batchnorm(model: nn.Module) -> None:
     """Put every BatchNorm in inference mode: it normalises with (and no longer updates) its running statistics,
-    while its affine weights still train. The last ``bn_freeze_steps`` of a recipe train this way, so the network
-    is fitted under the normalisation it is evaluated with: a batch-normalised network can come to rely on each
-    batch normalising its own outliers (on the tree tiles, some seeds' activations grow 1,000-fold on meadow
-    tiles in inference mode while batch statistics hide it in training)."""
+    while its affine weights still train. The last ``bn_freeze`` fraction of a recipe's steps trains this way, so
+    the network is fitted under the normalisation it is evaluated with: a batch-normalised network can come to rely
+    on each batch normalising its own outliers (on the tree tiles, one seed's activations grew 1,000-fold on meadow
+    tiles in inference mode while batch statistics hid it in training)."""
     for module in model.modules():
         if isinstance(module, nn.modules.batchnorm._BatchNorm):
             module.eval()
@@ -156,9 +156,9 @@ class Trainer:
     # ------------------------------------------------------------------------------------------------ set-up
     def _setup(self) -> None:
         r = self.recipe
-        if not 0 <= r.bn_freeze_steps <= r.steps:
-            raise ValueError(f"recipe field bn_freeze_steps={r.bn_freeze_steps}: give a step count in 0..steps "
-                             f"({r.steps})")
+        if not 0.0 <= r.bn_freeze <= 1.0:
+            raise ValueError(f"recipe field bn_freeze={r.bn_freeze}: give the fraction of the steps, at the end, "
+                             "that train with BatchNorm frozen, in [0, 1]")
         torch.manual_seed(r.seed)
         self.train_set, self.val_set = self.task.build_datasets(r)
         self.model = self.task.build_model(r, self.train_set).to(self.device)
@@ -312,7 +312,7 @@ class Trainer:
                 self.save()
                 bar.close()
                 return {}
-            if self.step >= r.steps - r.bn_freeze_steps:
+            if self.step >= r.steps - round(r.bn_freeze * r.steps):
                 freeze_batchnorm(self.model)  # again after every evaluation, which sets train mode
             batch = next(loader)
             with autocast_context(self.device, r.precision):

@@ -6,8 +6,8 @@ box/class nets, 512 px, 5 epochs -- and uses its AP on 7,392 images held out of 
 tree-crown data (``trees-cpu``, the default):
 
 * the same model shrink as the paper (widths x 0.25, alpha 0.25, 64-channel heads), three head convs;
-* trained on 200 px tiles of the large YELL image's ``yell-train`` part, seen at 128 px (crowns keep the scale
-  of the 400 px -> 256 px ``trees-cpu`` recipe);
+* trained on 200 px tiles of the large YELL image's ``yell-train`` part, seen at 128 px (crowns at 0.64 of
+  their native size, the scale of an earlier 400 px -> 256 px ``trees-cpu`` recipe);
 * the reward is AP50 on the tiles of the *small* YELL image (a different site tile, also in ``yell-train``);
   the ``yell-val`` block is never seen by the search and stays for the final comparison.
 
