@@ -31,7 +31,7 @@ fashion-mnist:
 DEMO   := $(OUT)/trees-demo
 TREES   = $$($(BIN)/python -c "from spinenet.data.trees import trees_data_dir; print(trees_data_dir())")
 
-# Trains RetinaNet-SpineNet-49S from scratch on real aerial tree crowns (CPU, about 8 minutes), then evaluates on
+# Trains RetinaNet-SpineNet-49S from scratch on real aerial tree crowns (CPU, about 9 minutes), then evaluates on
 # the held-out YELL block and across sites, and writes curves and predictions as PNGs.
 demo: setup
 	rm -rf $(DEMO)

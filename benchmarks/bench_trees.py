@@ -1,6 +1,6 @@
 """The tree-crown demo over several seeds: mean and spread of held-out and cross-site AP50.
 
-Each seed trains the demo model from scratch with the ``trees-cpu`` recipe (about 8 minutes on 2 CPU cores),
+Each seed trains the demo model from scratch with the ``trees-cpu`` recipe (about 9 minutes on 2 CPU cores),
 then evaluates on the held-out YELL block and on the OSBS_029 and SOAP_061 sites, at the recipe's evaluation size
 (``eval_image_size``, what ``make demo`` prints) and at their native 400 px.
 
