@@ -589,7 +589,6 @@ def test_trees_split_is_spatially_disjoint(trees: Any) -> None:
         assert mask.all()
 
 
-
 def test_detection_task_tiles_training_windows_from_the_recipe(trees: Any) -> None:
     from spinenet.engine import Recipe
     from spinenet.tasks import get_task
@@ -601,6 +600,7 @@ def test_detection_task_tiles_training_windows_from_the_recipe(trees: Any) -> No
     assert (val.tile_size, val.overlap, len(val)) == (400, 0, 9)  # the held-out tiles never overlap
     plain, _ = task.build_datasets(Recipe(extra={"tile_size": 320}))
     assert (plain.overlap, len(plain)) == (0, 8 * 4 + 4 * 4 + 4 * 4)
+
 
 def test_trees_box_counts_add_up(trees: Any) -> None:
     train, val = trees.trees_dataset("yell-train"), trees.trees_dataset("yell-val")

@@ -179,6 +179,7 @@ def test_bn_freeze_keeps_running_statistics_and_resumes_exactly(tmp_path):
     with pytest.raises(ValueError, match=r"bn_freeze=1.5.*\[0, 1\]"):
         _trainer(tmp_path / "d", 4, extra=["bn_freeze=1.5"]).fit()
 
+
 def test_existing_output_is_refused_without_resume(tmp_path):
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "metrics.csv").write_text("step\n")

@@ -33,9 +33,6 @@ WEIGHTS_FORMAT = "spinenet-weights/1"
 TASKS = ("backbone", "retinanet", "maskrcnn", "classification")
 # Backbone overrides that only matter for training; a weights file may be rebuilt with other values.
 TRAINING_ONLY = ("stochastic_depth_rate", "bn_momentum")
-# Detector settings that do not touch tensors: post-processing, losses, anchor matching, input size.
-DETECTOR_FREE = ("score_thresh", "nms_thresh", "detections_per_img", "topk_candidates", "focal_alpha", "focal_gamma",
-                 "huber_delta", "box_loss_weight", "matcher", "atss_topk")
 log = logging.getLogger("spinenet")
 
 
@@ -247,10 +244,11 @@ def _with_head_unused(report: LoadReport, wf: WeightsFile) -> LoadReport:
 
 
 def _split_detector_overrides(overrides: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
-    from ..models.detection import HEAD_OVERRIDES
+    from ..models.detection import CONFIG_SECTIONS, HEAD_OVERRIDES
 
     head = {k: overrides.pop(k) for k in list(overrides) if k in HEAD_OVERRIDES}
-    free = {k: overrides.pop(k) for k in list(overrides) if k in DETECTOR_FREE}
+    # post-processing, loss and matching settings touch no tensor: a saved detector takes other values
+    free = {k: overrides.pop(k) for k in list(overrides) if any(k in keys for keys in CONFIG_SECTIONS.values())}
     return head, free, overrides
 
 
@@ -261,7 +259,7 @@ def load_detector(name: str, path: str | os.PathLike, num_classes: int | None = 
     From a detector file: the same detector (another ``num_classes`` re-initialises the class predictor only).
     From a backbone or classifier file: the detector with that backbone and a fresh head.
     """
-    from ..models.detection import MATCHING_DEFAULTS, create_detector, create_detector_from_config, get_detector_def
+    from ..models.detection import CONFIG_SECTIONS, create_detector, create_detector_from_config, get_detector_def
 
     what = f"create_detector({name!r}, weights=...)"
     wf = read_weights(path)
@@ -293,9 +291,8 @@ def load_detector(name: str, path: str | os.PathLike, num_classes: int | None = 
             if key == "bn_momentum":
                 config["head"]["bn_momentum"] = backbone_opts[key]
     for key, value in free_opts.items():
-        section = ("postprocess" if key in config["postprocess"] else
-                   "matching" if key in MATCHING_DEFAULTS else "loss")
-        config.setdefault(section, {})[key] = value
+        section = next(name for name, keys in CONFIG_SECTIONS.items() if key in keys)
+        config.setdefault(section, {})[key] = value  # files saved before "matching" existed lack that section
     if image_size is not None:
         config["image_size"] = image_size
     reinit: tuple[str, ...] = ()

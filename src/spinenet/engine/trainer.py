@@ -87,8 +87,8 @@ def freeze_batchnorm(model: nn.Module) -> None:
     """Put every BatchNorm in inference mode: it normalises with (and no longer updates) its running statistics,
     while its affine weights still train. The last ``bn_freeze`` fraction of a recipe's steps trains this way, so
     the network is fitted under the normalisation it is evaluated with: a batch-normalised network can come to rely
-    on each batch normalising its own outliers (on the tree tiles, one seed's activations grew 1,000-fold on meadow
-    tiles in inference mode while batch statistics hid it in training)."""
+    on each batch normalising its own outliers (on the tree tiles, one seed's level-5 activations on meadow tiles
+    reached 1,700-9,800 times the running variance in inference mode, while batch statistics hid it in training)."""
     for module in model.modules():
         if isinstance(module, nn.modules.batchnorm._BatchNorm):
             module.eval()
@@ -305,6 +305,7 @@ class Trainer:
         bar = tqdm(total=r.steps, initial=self.step, disable=not (self.progress and self.dist.is_main),
                    dynamic_ncols=True, desc=f"{self.task.name}")
         self.model.train()
+        freeze_from = r.steps - round(r.bn_freeze * r.steps)
         loader = iter(self._loader())
         tick, seen = time.perf_counter(), 0
         while self.step < r.steps:
@@ -312,7 +313,7 @@ class Trainer:
                 self.save()
                 bar.close()
                 return {}
-            if self.step >= r.steps - round(r.bn_freeze * r.steps):
+            if self.step >= freeze_from:
                 freeze_batchnorm(self.model)  # again after every evaluation, which sets train mode
             batch = next(loader)
             with autocast_context(self.device, r.precision):

@@ -56,7 +56,10 @@ LOSS_DEFAULTS: dict[str, float] = {"focal_alpha": 0.25, "focal_gamma": 1.5, "hub
 MATCHERS = ("iou", "atss")
 MATCHING_DEFAULTS: dict[str, Any] = {"matcher": "iou", "atss_topk": DEFAULT_TOPK}
 HEAD_OVERRIDES = ("head_convs", "head_width", "anchor_size")
-DETECTOR_OVERRIDES = HEAD_OVERRIDES + tuple(POSTPROCESS_DEFAULTS) + tuple(LOSS_DEFAULTS) + tuple(MATCHING_DEFAULTS)
+# Settings that touch no tensor, by the detector config section holding them (a saved detector may change them).
+CONFIG_SECTIONS: dict[str, dict[str, Any]] = {"postprocess": POSTPROCESS_DEFAULTS, "loss": LOSS_DEFAULTS,
+                                              "matching": MATCHING_DEFAULTS}
+DETECTOR_OVERRIDES = HEAD_OVERRIDES + tuple(k for section in CONFIG_SECTIONS.values() for k in section)
 
 
 @dataclass(frozen=True)
