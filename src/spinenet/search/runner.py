@@ -105,7 +105,7 @@ def _evaluate_trial(payload: dict[str, Any]) -> dict[str, Any]:
     device = str(options.pop("device", "cpu"))
     out = Path(payload["out"]) / "trials" / f"{trial:05d}"
     metrics = train_proxy(arch, proxy, out, int(payload["seed"]), options, device=device)
-    size = int(options.get("image_size", proxy.recipe.image_size))
+    size = int(options.get("image_size", proxy.recipe.data.image_size))
     macs, params = _backbone_cost(arch, size, filter_size_scale=proxy.filter_size_scale,
                                   resample_alpha=proxy.resample_alpha,
                                   endpoints_num_filters=proxy.endpoints_num_filters)
