@@ -67,6 +67,10 @@ def test_bare_names_are_aliases_of_the_one_field_they_name():
     assert (c.data.hflip, c.eval.hflip, c.eval.crop) == (0.0, False, 0.9)
     s = parse_overrides(get_recipe("nuclei-cpu"), ["window=0", "eval_overlap=0.25", "norm_high=none"])
     assert (s.eval.window, s.eval.overlap, s.data.norm_high) == (0, 0.25, None)
+    with pytest.warns(DeprecationWarning, match="read recipe.optim.lr"):  # flat attributes, for one release
+        assert r.lr == 0.5
+    with pytest.raises(AttributeError, match="stpes"):
+        r.stpes
 
 
 def test_a_typo_is_refused_with_the_nearest_key():
@@ -139,6 +143,14 @@ def test_recipes_round_trip_through_json():
         data = get_recipe("smoke").to_dict()
         data["schedule"]["stpes"] = 3
         Recipe.from_dict(data, source="recipe.json")
+
+
+def test_search_reward_options_are_checked_before_the_search_starts(tmp_path):
+    from spinenet.search.runner import Search, SearchConfig
+
+    with pytest.raises(ValueError, match="did you mean 'steps'"):
+        Search(tmp_path / "search", SearchConfig("spinenet49", "random", "proxy", {"stpes": 3}), trials=1)
+    assert not (tmp_path / "search").exists()
 
 
 # ------------------------------------------------------------------------------------------ the CLI refuses

@@ -331,6 +331,18 @@ class Recipe:
                                  f"{name} section, not {type(value).__name__}")
 
     # ------------------------------------------------------------------------------------------ access
+    def __getattr__(self, name: str) -> Any:
+        """Flat names (``recipe.lr``) still read their field, with a ``DeprecationWarning``: read
+        ``recipe.optim.lr``."""
+        if name.startswith("_") or name in TOP_LEVEL or name in SECTIONS:
+            raise AttributeError(name)
+        try:
+            path = resolve_key(self.task, name)
+        except ValueError:
+            raise AttributeError(f"'Recipe' object has no attribute {name!r}") from None
+        warnings.warn(f"Recipe.{name} is deprecated; read recipe.{path}", DeprecationWarning, stacklevel=2)
+        return self.get(path)
+
     def get(self, path: str) -> Any:
         """The value at a dotted path (``"optim.lr"``) or a top-level field (``"seed"``)."""
         if "." not in path:

@@ -112,6 +112,7 @@ def proxy_split_summary(proxy: Proxy) -> dict[str, int]:
 
 
 PROXY_OPTIONS = ("data", "val_data")  # the coco proxy's files; every other option is a recipe setting
+REWARD_OPTIONS = ("proxy", "target_macs", "macs_weight", "device")  # read by the search runner
 
 
 def proxy_recipe(proxy: Proxy, arch_path: str | Path, seed: int, overrides: dict[str, Any] | None = None) -> Recipe:
@@ -120,6 +121,14 @@ def proxy_recipe(proxy: Proxy, arch_path: str | Path, seed: int, overrides: dict
     settings = {k: v for k, v in (overrides or {}).items() if k not in PROXY_OPTIONS}
     model = {f"model.{k}": v for k, v in proxy.model_overrides().items()}
     return proxy.recipe.with_values({**model, "model.block_specs": str(arch_path), "seed": seed, **settings})
+
+
+def check_proxy_options(options: dict[str, Any]) -> None:
+    """Refuse reward options that are neither the runner's nor a setting of the proxy's recipe (before a search
+    starts, instead of in every trial)."""
+    proxy = get_proxy(str(options.get("proxy", "trees-cpu")))
+    settings = {k: v for k, v in options.items() if k not in REWARD_OPTIONS}
+    proxy_recipe(proxy, "arch.json", 0, settings)
 
 
 def train_proxy(arch: Architecture, proxy: Proxy, out_dir: str | Path, seed: int,
