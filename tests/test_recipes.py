@@ -134,6 +134,17 @@ def test_no_untyped_catch_all_and_builder_fields_match_the_builders():
     assert own["classification"] == {"dropout", "label_smoothing", "normalize"}  # create_classifier's keywords
 
 
+def test_a_recipe_of_shared_fields_serves_every_task():
+    smoke = get_recipe("smoke")
+    for task in ("classification", "segmentation"):
+        other = smoke.for_task(task)
+        assert other.task == task and type(other.data).__name__ != type(smoke.data).__name__
+        shared = {k: v for k, v in smoke.settings().items() if k in other.settings() and k != "task"}
+        assert shared == {k: other.settings()[k] for k in shared} and len(shared) > 30
+    with pytest.raises(ValueError, match="model.matcher='atss'.*choose a segmentation recipe"):
+        get_recipe("trees-cpu").for_task("segmentation")
+
+
 def test_recipes_round_trip_through_json():
     for name in RECIPES:
         r = get_recipe(name)
@@ -162,8 +173,9 @@ def test_cli_refusals_write_nothing_and_the_corrected_command_runs(tmp_path, cap
     assert "classification" in _refused(capsys, out, "eval_crop=0.9")
     # valid settings the model builder then refuses (a Mask R-CNN field on a RetinaNet): still nothing written
     assert "rpn_convs" in _refused(capsys, out, "model.rpn_convs=2")
-    code, _, err = _spinenet(capsys, *_train(out, flags=[*FLAGS, "--task", "segmentation"]))
-    assert code == 2 and "smoke is a detection recipe" in err and not out.exists()
+    code, _, err = _spinenet(capsys, *_train(out, flags=[*FLAGS, "--task", "segmentation", "--recipe", "trees-cpu"]))
+    assert code == 2 and "'trees-cpu' is a detection recipe; a segmentation recipe has no " in err, err
+    assert "data.tile_size=320" in err and not out.exists()
     code, _, err = _spinenet(capsys, *_train(out, "steps=1"))  # corrected
     assert code == 0, err
     saved = json.loads((out / "recipe.json").read_text())

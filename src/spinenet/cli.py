@@ -103,10 +103,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     if args.nproc is not None and "RANK" not in os.environ:  # the launcher: N copies of this command, DDP
         return launch_local(args.nproc, python_module_command(strip_nproc(args.argv)))
-    base = get_recipe(args.recipe or DEFAULT_RECIPES[args.task])
-    if base.task != args.task:
-        raise ValueError(f"--recipe {base.name} is a {base.task} recipe; give --task {base.task}, or a {args.task} "
-                         f"recipe (e.g. {DEFAULT_RECIPES[args.task]})")
+    base = get_recipe(args.recipe or DEFAULT_RECIPES[args.task]).for_task(args.task)  # smoke serves every task
     recipe = parse_overrides(base, args.overrides)  # checked before anything is written
     if args.task == "detection":
         task_kwargs = {"classes": args.classes} if args.classes else {}

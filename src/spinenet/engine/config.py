@@ -393,6 +393,28 @@ class Recipe:
         changes = {name: dataclasses.replace(getattr(self, name), **v) for name, v in per_section.items()}
         return dataclasses.replace(self, **top, **changes)
 
+    def for_task(self, task: str) -> "Recipe":
+        """This recipe for another task: the fields both tasks have keep their values. Refused when a field only
+        this task has is set away from its default (e.g. ``trees-cpu``'s tiles for a segmentation run); a recipe
+        of shared fields only (``smoke``) serves every task."""
+        if task == self.task:
+            return self
+        own = task_sections(self.task)
+        values, lost = {}, []
+        for path, value in self.settings().items():
+            if path in TOP_LEVEL:
+                continue
+            if path in _paths(task):
+                values[path] = value
+                continue
+            section, name = path.split(".", 1)
+            if value != getattr(getattr(own, section)(), name):
+                lost.append(f"{path}={value!r}")
+        if lost:
+            raise ValueError(f"recipe {self.name!r} is a {self.task} recipe; a {task} recipe has no "
+                             f"{', '.join(lost)}: choose a {task} recipe")
+        return Recipe(self.name, task, seed=self.seed).with_values(values)
+
     # ------------------------------------------------------------------------------------------ files
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"format": RECIPE_FORMAT, "name": self.name, "task": self.task, "seed": self.seed}
