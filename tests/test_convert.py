@@ -391,6 +391,7 @@ def test_tpu_mobile_preset_converts_a_tf1_layout_retinanet(tmp_path, capsys, one
                                 bn_eps=preset.bn_eps, flavor="tpu")
     config = json.loads(json.dumps(ours_like.config))
     config["anchors"]["aspect_ratios"] = [1.0, 2.0, 0.5]
+    config["postprocess"]["box_decoding"] = "tf1"  # the TF1 decoding the converted file selects
     theirs = create_detector_from_config(config).eval()
     with torch.no_grad():  # BN statistics and affine terms away from their initial values, so each one matters
         for name, t in theirs.state_dict().items():
@@ -418,6 +419,7 @@ def test_tpu_mobile_preset_converts_a_tf1_layout_retinanet(tmp_path, capsys, one
     assert wf.config["backbone"]["flavor"] == "tpu" and wf.config["head"]["separable"]
     assert wf.config["backbone"]["activation"] == "swish" and wf.config["backbone"]["bn_eps"] == 1e-4
     assert wf.provenance["preset"] == "spinenetmbconv-49-best"
+    assert wf.config["postprocess"]["box_decoding"] == "tf1"
     source = theirs.state_dict()
     unpermuted = [k for k in source if not k.startswith(("head.classifier.", "head.box_regressor."))
                   and not k.endswith("num_batches_tracked")]  # all but the two predictors (3 tensors each)
