@@ -136,6 +136,11 @@ def test_every_checkpoint_tensor_maps(fixture, converted):
             if line and not line.startswith(("global_step", "key\t", "name\t"))]
     assert f"mapped {len(keys)} tensors; 0 checkpoint entries unused; 0 missing; 0 shape mismatches" in printed, \
         printed
+    if "--preset" in CASES[fixture]:  # the release's status follows the match report
+        from spinenet.convert.presets import get_preset, status
+
+        preset = CASES[fixture][CASES[fixture].index("--preset") + 1]
+        assert f"{preset} against the official code in CI: {status(get_preset(preset))}" in printed
 
 
 def test_presets_carry_the_official_settings():
@@ -410,3 +415,37 @@ def test_export_graph_decodes_as_the_eager_tf1_detector(models):
     np.testing.assert_allclose(scores[0].numpy(), det["scores"].numpy(), atol=1e-5)
     np.testing.assert_allclose(boxes[0].numpy(), det["boxes"].numpy(), atol=1e-3)
     assert labels[0].tolist() == det["labels"].tolist()
+
+
+# ------------------------------------------------------------------------------ release status (docs/weights.md)
+def test_release_status_comes_from_these_tests():
+    """Each release's status names checks whose tests exist, and its gaps follow from the model it builds: TF1
+    block_repeats > 1, heads deeper than the fixtures' 4 convs, separable heads, SoftNMS for the self-training
+    files; every detector has its post-processing checked."""
+    import importlib
+
+    from spinenet.convert.presets import CHECKS, PRESETS, REPEATS_GAP, SEPARABLE_GAP, SOFTNMS_GAP
+    from spinenet.models.detection import get_detector_def
+    from spinenet.registry import resolve_config
+
+    for check in CHECKS.values():
+        for test in check.tests:
+            file, function = test.split("::")
+            assert callable(getattr(importlib.import_module(file.split("/")[-1][:-3]), function, None)), test
+    for p in PRESETS.values():
+        assert p.checks and all(key in CHECKS for key in p.checks), p.name
+        parts = {CHECKS[key].part for key in p.checks}
+        if p.task in ("retinanet", "maskrcnn"):
+            assert "post-processing" in parts, p.name
+        defn = get_detector_def(p.model) if p.task in ("retinanet", "maskrcnn") else None
+        backbone = defn.backbone if defn is not None else p.model
+        repeats = resolve_config(backbone)["scaling"].block_repeats
+        if p.source == "tpu":
+            assert (REPEATS_GAP.format(repeats) in p.gaps) == (repeats > 1), p.name
+        else:  # the Model Garden fixtures have block_repeats 1 and 2
+            assert any("block_repeats" in gap for gap in p.gaps) == (repeats > 2), p.name
+        convs = max(getattr(defn, f, 4) for f in ("head_convs", "box_convs", "mask_convs")) if defn else 4
+        assert any("7-conv" in gap for gap in p.gaps) == (convs > 4), p.name
+        assert (SEPARABLE_GAP in p.gaps) == bool(getattr(defn, "separable", False)), p.name
+        assert (SOFTNMS_GAP in p.gaps) == ("SoftNMS" in p.metric), p.name
+        assert any(p.activation in gap for gap in p.gaps) == (defn is not None and p.activation != "relu"), p.name
