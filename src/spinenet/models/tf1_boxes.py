@@ -23,13 +23,12 @@ Where TF1 applies it:
 * Fast R-CNN (``GenericDetectionGenerator``): class-specific deltas against each RoI with weights (10, 10, 5, 5),
   then clipping; scores = softmax over all classes, background 0 dropped (torchvision's ``RoIHeads`` scoring).
 
-Only decoding changes: TF1 encodes its RetinaNet and RPN training targets without "+1" (``AnchorLabeler`` uses the
-object-detection ``FasterRcnnBoxCoder``), so training losses keep the standard encoding.
+Training targets follow TF1 too: its RetinaNet and RPN targets are encoded without "+1" (``AnchorLabeler`` uses the
+object-detection ``FasterRcnnBoxCoder``), so those keep the standard encoding, while its Fast R-CNN targets use
+``box_utils.encode_boxes``, "+1" (:class:`TF1RCNNBoxCoder` with ``plus_one_targets``).
 """
 
 from __future__ import annotations
-
-import math
 
 import torch
 from torchvision.models.detection import _utils as det_utils
@@ -92,7 +91,25 @@ class TF1BoxCoder(BoxCoder):
 
 class TF1RCNNBoxCoder(det_utils.BoxCoder):
     """torchvision's ``BoxCoder`` interface (deltas (dx, dy, dw, dh), per-class blocks of 4) with TF1 decoding; the
-    converter has already put TF1's (dy, dx, dh, dw) channels in this order. Encoding stays torchvision's."""
+    converter has already put TF1's (dy, dx, dh, dw) channels in this order. Encoding is torchvision's, or with
+    ``plus_one_targets`` TF1's "+1" ``encode_boxes`` (its Fast R-CNN targets)."""
+
+    def __init__(self, weights: tuple[float, float, float, float], bbox_xform_clip: float = BBOX_XFORM_CLIP,
+                 plus_one_targets: bool = False) -> None:
+        super().__init__(weights, bbox_xform_clip)
+        self.plus_one_targets = plus_one_targets
+
+    def encode_single(self, reference_boxes: torch.Tensor, proposals: torch.Tensor) -> torch.Tensor:
+        """(dx, dy, dw, dh) targets of xyxy ``reference_boxes`` against xyxy ``proposals``, ``[N, 4]``."""
+        if not self.plus_one_targets:
+            return super().encode_single(reference_boxes, proposals)
+        wx, wy, ww, wh = self.weights
+        gx1, gy1, gx2, gy2 = reference_boxes.to(proposals.dtype).unbind(-1)
+        px1, py1, px2, py2 = proposals.unbind(-1)
+        gw, gh, pw, ph = gx2 - gx1 + 1.0, gy2 - gy1 + 1.0, px2 - px1 + 1.0, py2 - py1 + 1.0
+        dx = wx * ((gx1 + 0.5 * gw) - (px1 + 0.5 * pw)) / pw
+        dy = wy * ((gy1 + 0.5 * gh) - (py1 + 0.5 * ph)) / ph
+        return torch.stack([dx, dy, ww * torch.log(gw / pw), wh * torch.log(gh / ph)], dim=-1)
 
     def decode_single(self, rel_codes: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
         """``[N, 4K]`` boxes (xyxy per class) from ``[N, 4K]`` codes against ``[N, 4]`` xyxy ``boxes``."""
@@ -129,8 +146,8 @@ def use_tf1_decoding(rpn: RegionProposalNetwork, roi_heads: RoIHeads) -> None:
     torchvision builds both inside ``FasterRCNN.__init__`` and takes no class for them, so the instances are
     re-classed to the subclasses above, which add no state (parameters, buffers and module paths are unchanged).
     """
-    rpn.box_coder = TF1RCNNBoxCoder((1.0, 1.0, 1.0, 1.0), math.log(1000.0 / 16))
+    rpn.box_coder = TF1RCNNBoxCoder((1.0, 1.0, 1.0, 1.0))
     wy, wx, wh, ww = FAST_RCNN_WEIGHTS
-    roi_heads.box_coder = TF1RCNNBoxCoder((wx, wy, ww, wh), math.log(1000.0 / 16))
+    roi_heads.box_coder = TF1RCNNBoxCoder((wx, wy, ww, wh), plus_one_targets=True)
     rpn.__class__ = TF1RegionProposalNetwork
     roi_heads.__class__ = TF1RoIHeads
