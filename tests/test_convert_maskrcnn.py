@@ -1,10 +1,11 @@
 """`spinenet convert --task maskrcnn`: a TF1-layout Mask R-CNN checkpoint converts into ours with equal head outputs.
 
 The official TF1 fixture is checked in tests/test_convert_tpu.py; this file adds a synthetic checkpoint of other
-widths (and a whole-model round trip): a tiny Mask R-CNN written out by this file under the TF1 names (tensorflow/tpu ``heads.py``) in the TF1 layouts, which are spelled out here independently of the
-converter's own index maps: anchors stored in the order (1, 2, 0.5), box deltas (dy, dx, dh, dw), the box head's
-FC reading an NHWC (h, w, c) flatten, the transposed conv's [kh, kw, out, in] kernel. The references are computed
-from those TF1 arrays with TF1 semantics (numpy), so a wrong ordering in the converter fails.
+widths (and a whole-model round trip): a tiny Mask R-CNN written out by this file under the TF1 names
+(tensorflow/tpu ``heads.py``) in the TF1 layouts, which are spelled out here independently of the converter's own
+index maps: anchors stored in the order (1, 2, 0.5), box deltas (dy, dx, dh, dw), the box head's FC reading an NHWC
+(h, w, c) flatten, the transposed conv's [kh, kw, out, in] kernel. The references are computed from those TF1
+arrays with TF1 semantics (numpy), so a wrong ordering in the converter fails.
 """
 
 from __future__ import annotations

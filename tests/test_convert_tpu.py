@@ -395,6 +395,8 @@ def test_files_without_the_field_keep_standard_decoding(converted, tmp_path):
         else:
             assert type(model.rpn) is RegionProposalNetwork and not isinstance(model.rpn, TF1RegionProposalNetwork)
             assert type(model.roi_heads.box_coder).__name__ == "BoxCoder"
+    switched = create_detector("retinanet_spinenet49", weights=str(converted[RETINANET][0]), box_decoding="standard")
+    assert switched.box_decoding == "standard" and type(switched.box_coder) is BoxCoder
     with pytest.raises(ValueError, match="box_decoding"):
         create_detector("retinanet_spinenet49", num_classes=3, box_decoding="tpu")
 

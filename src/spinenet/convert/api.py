@@ -6,7 +6,8 @@
 :func:`~spinenet.convert.load.apply_tf_weights` (all or nothing: any missing tensor or shape mismatch raises
 and nothing is written), and saves the weights with the full configuration in the metadata
 (:mod:`.weights`). Detectors converted from TF1 (``--source tpu``) save ``box_decoding="tf1"``, so they decode
-and clip their boxes as the TF1 code does (:mod:`spinenet.models.tf1_boxes`). No TensorFlow is needed: :class:`~spinenet.convert.tf_checkpoint.TFCheckpoint` reads the files.
+and clip their boxes as the TF1 code does (:mod:`spinenet.models.tf1_boxes`). No TensorFlow is needed:
+:class:`~spinenet.convert.tf_checkpoint.TFCheckpoint` reads the files.
 
 The checkpoint may be a prefix (``model.ckpt``, ``ckpt-231000``), its ``.index`` file, a folder holding one
 checkpoint, or a released ``.tar.gz`` (extracted to a temporary folder).
