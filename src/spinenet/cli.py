@@ -246,12 +246,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def cmd_convert(args: argparse.Namespace) -> int:
     from .convert.api import convert_checkpoint, parse_set
-    from .convert.presets import PRESETS
+    from .convert.presets import PRESETS, get_preset, status
 
     if args.list_presets:
         for p in PRESETS.values():
-            mark = "verified" if p.verified else ("not supported" if not p.supported else "unverified")
-            print(f"{p.name:26s} {p.source:12s} {p.task:14s} {p.model:30s} {mark:13s} {p.metric}")
+            print(f"{p.name:26s} {p.source:12s} {p.task:14s} {p.model:30s} {p.metric}")
+            print(f"    {status(p) if p.supported else 'not supported: ' + p.note}")
         return 0
     if not args.checkpoint or not args.output:
         raise ValueError("give CKPT and -o OUT.safetensors (or --list-presets)")
@@ -267,6 +267,8 @@ def cmd_convert(args: argparse.Namespace) -> int:
         print(f"  of the unused: {len(slots)} optimizer/moving-average slots (e.g. {slots[0]})")
     for key in [k for k in result.report.unused if k not in set(slots)][:10]:
         print(f"  unused: {key}")
+    if args.preset:
+        print(f"{args.preset} against the official code in CI: {status(get_preset(args.preset))}")
     print(f"wrote {result.path}")
     return 0
 
@@ -397,8 +399,9 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Convert a TF1 (tensorflow/tpu) or Model Garden SpineNet checkpoint. CKPT is a "
                        "checkpoint prefix, its .index file, a folder or the released .tar.gz. Every tensor must map "
                        "(missing tensors or shape mismatches fail and write nothing); the output's metadata holds the "
-                       "full model configuration. TF1 Mask R-CNN checkpoints convert with --task maskrcnn "
-                       "(unverified: no fixture). See docs/weights.md.")
+                       "full model configuration. TF1 Mask R-CNN checkpoints convert with --task maskrcnn. With "
+                       "--preset it also prints what CI checks of that release against the official code. See "
+                       "docs/weights.md.")
     p.add_argument("checkpoint", nargs="?", metavar="CKPT")
     p.add_argument("-o", "--output", metavar="OUT.safetensors")
     p.add_argument("--preset", help="a released checkpoint's settings (spinenet convert --list-presets)")

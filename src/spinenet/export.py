@@ -103,8 +103,7 @@ class DetectorExport(nn.Module):
         logits = RetinaNetHead.flatten(cls_maps, self.num_classes).float()  # [N, A, K]
         deltas = RetinaNetHead.flatten(box_maps, 4)
         boxes = self.box_coder.decode(deltas, self.anchors)  # [N, A, 4] xyxy
-        boxes = torch.stack([boxes[..., 0].clamp(0, width), boxes[..., 1].clamp(0, height),
-                             boxes[..., 2].clamp(0, width), boxes[..., 3].clamp(0, height)], dim=-1)
+        boxes = self.box_coder.clip_boxes(boxes, (height, width))  # the detector's decoding (standard or TF1)
         fg = self.num_classes - 1
         scores = torch.sigmoid(logits[..., 1:]).reshape(logits.shape[0], -1)  # index = anchor * fg + class
         k = min(self.pre_nms_top_k, scores.shape[1])

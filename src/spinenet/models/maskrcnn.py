@@ -28,7 +28,9 @@ eps 1e-3 (PyTorch momentum 0.01), relu (swish for 190), as the yamls.
 torchvision supplies the rest, with the official settings where they are exposed: RPN matching 0.7 / 0.3,
 256 anchors per image at half positives; the best 2000 (test: 1000) proposals per level before NMS 0.7, 1000 kept;
 512 RoIs per image at a quarter positives (IoU 0.5); detections score > 0.05, NMS 0.5, 100 per image; masks
-binarised at 0.5 after pasting; ground-truth boxes join the RoI candidates (official ``mix_gt_boxes``). Known
+binarised at 0.5 after pasting; ground-truth boxes join the RoI candidates (official ``mix_gt_boxes``). Boxes decode
+and clip the torchvision way, or with ``box_decoding="tf1"`` (what ``spinenet convert --source tpu`` saves) as the
+TF1 code does (:mod:`.tf1_boxes`: "+1" convention, clipping to the last pixel). Known
 differences, not replicated: torchvision's RPN codes deltas as (dx, dy, dw, dh) where the official code uses
 (dy, dx, dh, dw) (only a channel order, irrelevant when training from scratch), and its Fast R-CNN box loss is
 smooth-L1 with beta 1/9 (official Huber delta 1.0).
@@ -53,6 +55,7 @@ from torchvision.ops import MultiScaleRoIAlign
 from ..layers.ops import get_activation
 from ..registry import config_to_json, get_model_def
 from .anchors import MultilevelAnchors
+from .tf1_boxes import check_box_decoding, use_tf1_decoding
 from .detection import ASPECT_RATIOS, _backbone_from_json, _positive_int, _Transform, detector_backbone_config, \
     register_detector, register_detector_family
 
@@ -67,6 +70,7 @@ MASKRCNN_DEFAULTS: dict[str, float | int] = {
     "rpn_positive_fraction": 0.5, "box_batch_size_per_image": 512, "box_positive_fraction": 0.25,
     "box_fg_iou_thresh": 0.5, "box_bg_iou_thresh": 0.5, "box_score_thresh": 0.05, "box_nms_thresh": 0.5,
     "box_detections_per_img": 100,
+    "box_decoding": "standard",  # or "tf1": TF1's "+1" decoding and clipping (.tf1_boxes), read by SpineNetMaskRCNN
 }
 HEAD_FIELDS = ("rpn_convs", "rpn_width", "box_convs", "box_width", "box_fcs", "box_fc_dim", "mask_convs",
                "mask_width")
@@ -225,7 +229,8 @@ class SpineNetMaskRCNN(MaskRCNN):
 
     def __init__(self, backbone: nn.Module, anchors: MultilevelAnchors, rpn_head: RPNHead, box_head: BoxHead,
                  mask_head: MaskHead, num_classes: int, image_size: int, mask_width: int, activation: str,
-                 bn_eps: float, bn_momentum: float, config: dict[str, Any] | None = None, **settings: Any) -> None:
+                 bn_eps: float, bn_momentum: float, config: dict[str, Any] | None = None,
+                 box_decoding: str = "standard", **settings: Any) -> None:
         levels = [str(level) for level in anchors.levels]
         super().__init__(
             backbone, num_classes=None, min_size=image_size, max_size=image_size, rpn_head=rpn_head,
@@ -245,6 +250,10 @@ class SpineNetMaskRCNN(MaskRCNN):
         nn.init.normal_(predictor.bbox_pred.weight, std=0.001)
         nn.init.zeros_(predictor.cls_score.bias)
         nn.init.zeros_(predictor.bbox_pred.bias)
+        # configs saved before box_decoding existed decode the standard (torchvision) way
+        self.box_decoding = check_box_decoding(box_decoding, "Mask R-CNN")
+        if box_decoding == "tf1":
+            use_tf1_decoding(self.rpn, self.roi_heads)
         self.num_classes = num_classes
         self.config = dict(config or {})
 
