@@ -79,6 +79,7 @@ class DetectionModel(ModelConfig):
     nms_thresh: float | None = None
     detections_per_img: int | None = None
     topk_candidates: int | None = None
+    box_decoding: Literal["standard", "tf1"] | None = None  # tf1: TF1-trained weights' "+1" box convention
     focal_alpha: float | None = None
     focal_gamma: float | None = None
     huber_delta: float | None = None
@@ -510,7 +511,7 @@ def resolve_key(task: str, key: str) -> str:
     near = _suggest(key, task)
     raise ValueError(f"unknown setting {key!r} for a {task} recipe; "
                      + (f"did you mean {near}?" if near else f"settings are {', '.join(s + '.*' for s in SECTIONS)} "
-                        "or seed (docs/recipes.md)"))
+                        "or seed (docs/training.md)"))
 
 
 def _suggest(key: str, task: str) -> str:

@@ -2,7 +2,7 @@
 fields away from the defaults, with the command and the result it reaches in its docstring.
 
 Every field can be overridden from the command line: ``section.field=value`` or a bare field name
-(:func:`~spinenet.engine.config.parse_overrides`; docs/recipes.md). The paper's COCO protocols (spec 7.1, 7.2)
+(:func:`~spinenet.engine.config.parse_overrides`; docs/training.md). The paper's COCO protocols (spec 7.1, 7.2)
 are full-scale recipes for GPU clusters; the ``*-cpu`` recipes are sized for a laptop.
 """
 
