@@ -367,8 +367,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nproc", type=int, metavar="N",
                    help="data-parallel training in N local processes (DDP: NCCL on CUDA, gloo on CPU; batch_size "
                         "is per process); or start the command with torchrun (docs/distributed.md)")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="recipe settings: section.field=value or a field's "
-                   "name, e.g. optim.lr=0.05 model.filter_size_scale=0.5 steps=200 (docs/training.md)")
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="recipe settings: section.field=value or a field's name, e.g. optim.lr=0.05 "
+                        "model.filter_size_scale=0.5 steps=200 (docs/training.md)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="metrics of a checkpoint on a dataset (COCO AP, top-1/top-5, or IoU by its task)")

@@ -62,7 +62,7 @@ def coco_protocol_c() -> Recipe:
 def trees_cpu() -> Recipe:
     """``spinenet train --task detection --model retinanet_spinenet49s --data trees:yell-train --val-data
     trees:yell-val --recipe trees-cpu`` (``make demo``): held-out YELL AP50 0.556 ± 0.029, OSBS_029 0.216 ± 0.025,
-    SOAP_061 0.209 ± 0.017 over seeds 0-2 (``benchmarks/bench_trees.py``), about 9 min on 2 CPU cores."""
+    SOAP_061 0.209 ± 0.017 over seeds 0-2 (``benchmarks/bench_trees.py``; docs/experiments/trees.md)."""
     return Recipe(
         "trees-cpu", "detection",
         # a few hundred steps: the official BN momenta (0.003 / 0.01) would leave the running statistics near
@@ -83,7 +83,7 @@ def trees_cpu() -> Recipe:
 def nuclei_maskrcnn_cpu() -> Recipe:
     """``spinenet train --model maskrcnn_spinenet49s --data nuclei:left --val-data nuclei:right --recipe
     nuclei-maskrcnn-cpu``: mask AP50 0.756 / 0.827 / 0.822 (mask AP 0.319 / 0.406 / 0.405) on the right half's
-    57 nuclei for seeds 0 / 1 / 2, about 100 s on one CPU thread."""
+    57 nuclei for seeds 0 / 1 / 2 (docs/experiments/nuclei.md)."""
     return Recipe(
         "nuclei-maskrcnn-cpu", "detection",
         # SpineNet-49S at a quarter of its filters, 32-channel endpoints and heads, fewer RoIs and proposals
@@ -129,8 +129,8 @@ def imagenet() -> Recipe:
 @recipe
 def fashion_mnist_cpu() -> Recipe:
     """``spinenet train --task classification --model spinenet49s --data fashion-mnist:train --val-data
-    fashion-mnist:test --recipe fashion-mnist-cpu``: test top-1 92.15% (seed 0; 91.92% seed 1) in 11-18 min on
-    2 CPU cores training 142-359 images/s."""
+    fashion-mnist:test --recipe fashion-mnist-cpu``: test top-1 92.15% (seed 0; 91.92% seed 1), 11 min 11 s on 2 idle
+    CPU cores (docs/experiments/fashion-mnist.md)."""
     return Recipe(
         "fashion-mnist-cpu", "classification",
         # a stride-4 level in the head (mobile backbones have no level-2 block: give them model.min_level=3);
@@ -148,7 +148,7 @@ def fashion_mnist_cpu() -> Recipe:
 def nuclei_cpu() -> Recipe:
     """``spinenet train --task segmentation --model spinenet49s --data nuclei:right --val-data nuclei:left
     --recipe nuclei-cpu`` (and left -> right): foreground IoU 0.830 / 0.832 (seed 0) and 0.827 / 0.867 (seed 1)
-    right -> left / left -> right, against Otsu 0.673 / 0.767; about 7 min per direction on one CPU thread."""
+    right -> left / left -> right, against Otsu 0.673 / 0.767 (docs/experiments/nuclei.md)."""
     return Recipe(
         "nuclei-cpu", "segmentation",
         # the head reads level 2 (stride 4); mobile backbones have no level-2 block: give them model.min_level=3
