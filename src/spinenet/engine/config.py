@@ -613,10 +613,12 @@ def migrate_flat(data: Mapping[str, Any], source: str = "recipe") -> dict[str, A
     paths, bare = _paths(task), _bare_names(task)
     flat = {k: v for k, v in data.items() if k != "extra"}
     extra = dict(data.get("extra") or {})
-    if task == "segmentation":  # the segmentation task read extra["vflip"]; the field was unused
-        flat.pop("vflip", None)
     values: dict[str, Any] = {}
     dropped: list[str] = []
+    # segmentation read extra["vflip"] and left the field unused; detection read the field
+    unread = flat.pop("vflip", None) if task == "segmentation" else extra.pop("vflip", None)
+    if unread not in (None, 0, 0.0):
+        dropped.append(f"vflip={unread!r}")
     for key, value in [*flat.items(), *extra.items()]:
         if key in ("name", "task", "seed"):
             continue
