@@ -33,7 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from .detection import _DECODE_ERRORS, decode_image
+from .detection import _DECODE_ERRORS
+from .images import decode_image
 
 __all__ = ["FASHION_MNIST_CLASSES", "FashionMNIST", "ImageFolder", "IMAGE_EXTENSIONS",
            "classification_dataset_from_path", "center_crop_resize", "fashion_mnist_dir", "random_resized_crop"]

@@ -47,6 +47,8 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from .images import decode_image
+
 __all__ = [
     "BACKGROUND",
     "CocoDetection",
@@ -66,18 +68,6 @@ _DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError
 
 
 # ---- small helpers ----------------------------------------------------------------------------------------
-def decode_image(path: str | os.PathLike[str]) -> torch.Tensor:
-    """Decode an image file to a ``uint8 [3, H, W]`` RGB tensor (grey, palette and alpha images converted).
-
-    EXIF orientation is deliberately ignored: COCO/VOC boxes refer to the stored pixel grid.
-    Raises whatever PIL raises for unreadable files (``OSError`` and friends); callers decide whether to skip.
-    """
-    with Image.open(path) as img:
-        img.load()  # forces a full decode so truncated files fail here, not later
-        array = np.asarray(img.convert("RGB"))
-    return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()
-
-
 def clip_boxes(boxes: np.ndarray, width: float, height: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Clip ``xyxy`` boxes to ``[0, width] x [0, height]``.
 

@@ -97,7 +97,7 @@ def predict_command(ckpt: dict[str, Any], source: str, images: Sequence[str], de
     classes = list(ckpt["classes"])
     if ckpt["task"] == "classification":
         from ..data.classification import center_crop_resize
-        from ..data.detection import decode_image
+        from ..data.images import decode_image
         from .classification import classify, eval_crop, eval_hflip
 
         size = image_size or recipe.image_size
@@ -113,7 +113,7 @@ def predict_command(ckpt: dict[str, Any], source: str, images: Sequence[str], de
     else:
         from PIL import Image
 
-        from ..data.segmentation import read_image_float
+        from ..data.images import read_image_float
         from ..models.segmentation import draw_overlay
         from .segmentation import eval_window, input_percentiles, predict_logits
 
