@@ -419,7 +419,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_convert)
 
     p = sub.add_parser("export", help="export a model to ONNX or a torch.export program (fixed size, dynamic batch)")
-    p.add_argument("model", metavar="MODEL|WEIGHTS", help="registered backbone/detector name or a .safetensors file")
+    p.add_argument("model", metavar="MODEL|WEIGHTS", help="registered backbone/detector name, a .safetensors weights file or a training checkpoint "
+                   "(final.pt)")
     p.add_argument("--format", choices=("onnx", "exported-program"), default="onnx")
     p.add_argument("--size", type=parse_size, help="input HxW fixed in the export (default: the model's size)")
     p.add_argument("--pre-nms-top-k", type=int, default=1000,
