@@ -196,6 +196,22 @@ class DetectionDataset(Dataset):
         out.name = f"{self.name}[{_slice_text(selection)}]"
         return out
 
+    def drop_unreadable(self) -> list[Path]:
+        """Remove the records whose image file does not open as an image (header check, no decode), counting
+        them in ``stats["skipped_images"]``; returns their paths. A training run calls this at load, so a file
+        that is not an image is reported before the first step rather than skipped silently later."""
+        readable: dict[Path, bool] = {}
+        for record in self.records:
+            if record.path not in readable:
+                readable[record.path] = _image_size(record.path) is not None
+        bad = [path for path, ok in readable.items() if not ok]
+        if bad:
+            self.records = [r for r in self.records if readable[r.path]]
+            self.stats.update({"images": len(self.records), "boxes": int(sum(len(r.boxes) for r in self.records)),
+                               "empty_images": int(sum(len(r.boxes) == 0 for r in self.records))})
+        self.stats["skipped_images"] = self.stats.get("skipped_images", 0) + len(bad)
+        return bad
+
     def load_image(self, record: ImageRecord) -> torch.Tensor:
         """Decode the record's pixels (``uint8 [3, H, W]``); may raise PIL's decode errors."""
         image = decode_image(record.path)

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from ..files import write_json
 from .checkpoint import atomic_save, load_checkpoint, rng_state, set_rng_state
 from .ema import WeightEMA
 from .recipes import Recipe
@@ -182,6 +183,11 @@ class Trainer:
         self.device = resolve_device(device)
         self.progress = progress
         self.last = self.out / "checkpoints" / "last.pt"
+        if self.out.exists() and not self.out.is_dir():
+            raise ValueError(f"--out {self.out} is a file; give a folder for the run (it is created)")
+        if recipe.batch_size < 1 or recipe.steps < 1:
+            field_name, value = ("batch_size", recipe.batch_size) if recipe.batch_size < 1 else ("steps", recipe.steps)
+            raise ValueError(f"recipe field {field_name}={value}: must be at least 1")
         if self.out.exists() and any(self.out.iterdir()) and not resume:
             raise ValueError(f"output folder {self.out} already exists and is not empty; pass --resume to continue "
                              f"that run, or choose another --out")
@@ -229,6 +235,7 @@ class Trainer:
         self.step = 0
         if self.resume:
             ckpt = load_checkpoint(self.last, map_location=self.device)
+            self._check_same_model(ckpt)
             self.model_core.load_state_dict(ckpt.get("train_model", ckpt["model"]))
             if self.ema is not None:
                 if "train_model" not in ckpt:
@@ -243,6 +250,21 @@ class Trainer:
             # follow the current recipe's schedule from here (it may extend the interrupted one)
             for group, base in zip(self.optimizer.param_groups, self.scheduler.base_lrs):
                 group["lr"] = base * lr_factor(self.step, r)
+
+    def _check_same_model(self, ckpt: dict[str, Any]) -> None:
+        """``--resume`` must rebuild the checkpoint's model: a ``ValueError`` naming both models otherwise."""
+        state = ckpt.get("train_model", ckpt["model"])
+        own = self.model_core.state_dict()
+        differ = [k for k in own if k not in state or tuple(state[k].shape) != tuple(own[k].shape)]
+        differ += [k for k in state if k not in own]
+        theirs = (ckpt.get("model_config") or {}).get("name", "?")
+        mine = (getattr(self.model_core, "config", None) or {}).get("name", "?")
+        if not differ and theirs == mine:
+            return
+        detail = f"{len(differ)} tensors differ, e.g. {differ[0]}" if differ else "another model name"
+        raise ValueError(f"--resume: {self.last} holds a {theirs} model and this command builds {mine} "
+                         f"({detail}); resume with the run's own --model and model.* settings (recipe.json in "
+                         f"{self.out}), or start a new --out")
 
     def _loader(self) -> DataLoader:
         r = self.recipe
@@ -425,7 +447,7 @@ class Trainer:
         metrics = self.evaluate(recalibrate=False)
         if self.dist.is_main:
             self.save(self.out / "checkpoints" / "final.pt")
-            (self.out / "final_metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+            write_json(self.out / "final_metrics.json", metrics)  # a metric that cannot be computed is null
             from .plots import plot_curves
 
             plot_curves(self.out / "metrics.csv", self.out / "curves.png", self.task.primary_metric)
