@@ -185,3 +185,20 @@ def test_architecture_file_errors_name_the_file(tmp_path, capsys):
     code, _, err = run(capsys, "summary", str(tmp_path / "graph.json"))
     assert code == 2
     one_line_error(err, str(tmp_path / "graph.json"), "block 3", "input offset 40")
+
+
+def test_image_folder_files_that_are_not_images_are_skipped_at_load(tmp_path, capsys):
+    from spinenet.engine import get_recipe
+    from spinenet.tasks import get_task
+
+    for name, photo in (("dead", "SOAP_061.png"), ("alive", "OSBS_029.png")):
+        (tmp_path / name).mkdir()
+        shutil.copy(trees_data_dir() / photo, tmp_path / name / "a.png")
+    (tmp_path / "alive" / "b.png").write_text("not a photo\n")
+    task = get_task("classification", model="spinenet49s", data=str(tmp_path))
+    train, _ = task.build_datasets(get_recipe("smoke"))
+    assert len(train) == 2 and train.stats["skipped_images"] == 1
+    assert f"--data {tmp_path}: 2 images; skipped 1 file(s)" in capsys.readouterr().out
+    (tmp_path / "dead" / "a.png").write_text("not a photo either\n")
+    with pytest.raises(ValueError, match=r"\['dead'\] hold no readable images"):
+        task.build_datasets(get_recipe("smoke"))
