@@ -202,3 +202,13 @@ def test_image_folder_files_that_are_not_images_are_skipped_at_load(tmp_path, ca
     (tmp_path / "dead" / "a.png").write_text("not a photo either\n")
     with pytest.raises(ValueError, match=r"\['dead'\] hold no readable images"):
         task.build_datasets(get_recipe("smoke"))
+
+
+def test_output_names_keep_inputs_apart(tmp_path):
+    from spinenet.tasks.inference import output_stems
+
+    assert output_stems(["a/x.png", "b/x.png", "c/y.png"]) == ["a__x", "b__x", "y"]
+    assert output_stems(["a/x.png", "a/x.jpg"]) == ["x_png", "x_jpg"]
+    assert output_stems(["a/b/x.png", "c/b/x.png"]) == ["a__b__x", "c__b__x"]
+    with pytest.raises(ValueError, match="given twice"):
+        output_stems(["a/x.png", "./a/x.png"])

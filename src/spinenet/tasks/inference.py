@@ -44,10 +44,10 @@ def check_classes(data_classes: Sequence[str], ckpt_classes: Sequence[str], data
 
 
 def output_stems(images: Sequence[str | os.PathLike[str]]) -> list[str]:
-    """A distinct output name stem per input image: the file's stem (``a/x.png`` -> ``x``), lengthened by as many
-    parent folders as needed to tell inputs with the same name apart (``a/x.png``, ``b/x.png`` -> ``a__x``,
-    ``b__x``), and by the extension when only that differs (``x.png``, ``x.jpg`` -> ``x_png``, ``x_jpg``).
-    The same file given twice is a ``ValueError``."""
+    """A distinct output name stem per input image: the file's stem (``a/x.png`` -> ``x``); where stems clash,
+    the extension is added (``x.png``, ``x.jpg`` -> ``x_png``, ``x_jpg``), then as many parent folders as tell
+    the inputs apart (``a/x.png``, ``b/x.png`` -> ``a__x``, ``b__x``). The same file given twice is a
+    ``ValueError``."""
     paths = [Path(p).resolve() for p in images]
     seen: dict[Path, str] = {}
     for given, path in zip(images, paths):
@@ -56,22 +56,26 @@ def output_stems(images: Sequence[str | os.PathLike[str]]) -> list[str]:
         seen[path] = str(given)
     folders = [p.parent.parts[1:] if p.is_absolute() else p.parent.parts for p in paths]
 
-    def name(i: int, depth: int) -> str:
-        if depth > len(folders[i]):  # every folder used: the extension tells them apart
-            return "__".join([*folders[i], paths[i].name.replace(".", "_")])
-        return "__".join([*folders[i][len(folders[i]) - depth:], paths[i].stem])
+    def name(i: int, level: int) -> str:
+        """Level 2d: ``d`` parent folders and the stem; level 2d + 1: the same with the extension."""
+        depth, with_extension = divmod(level, 2)
+        base = paths[i].name.replace(".", "_") if with_extension else paths[i].stem
+        return "__".join([*folders[i][len(folders[i]) - min(depth, len(folders[i])):], base])
 
-    depth = [0] * len(paths)
+    levels = [0] * len(paths)
     while True:
-        names = [name(i, d) for i, d in enumerate(depth)]
+        names = [name(i, level) for i, level in enumerate(levels)]
         counts: dict[str, int] = {}
         for n in names:
             counts[n] = counts.get(n, 0) + 1
         clashing = [i for i, n in enumerate(names) if counts[n] > 1]
         if not clashing:
             return names
+        if all(levels[i] > 2 * len(folders[i]) for i in clashing):  # full paths: only different spellings left
+            raise ValueError(f"images {images[clashing[0]]} and {images[clashing[1]]} would write the same outputs "
+                             f"({names[clashing[0]]}_*); rename one")
         for i in clashing:
-            depth[i] += 1
+            levels[i] += 1
 
 
 def prepare_outputs(images: Sequence[str | os.PathLike[str]], out: str | os.PathLike[str], suffixes: Sequence[str],
