@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import Sequence
 
@@ -195,18 +196,20 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from .data.detection import decode_image
+    from .data.images import decode_image
+    from .files import write_json
     from .predict import draw_detections
     from .engine import resolve_device
     from .engine.checkpoint import load_checkpoint
     from .tasks.detection import inference_size
+    from .tasks.inference import prepare_outputs
 
     ckpt = load_checkpoint(args.checkpoint, map_location="cpu")
     if ckpt["task"] != "detection":
         from .tasks.inference import predict_command
 
         records = predict_command(ckpt, args.checkpoint, args.images, resolve_device(args.device), args.out,
-                                  args.image_size)
+                                  args.image_size, overwrite=args.overwrite)
         for r in records:
             summary = (", ".join(f"{t['class']} {t['probability']:.3f}" for t in r["top"][:3]) if "top" in r
                        else f"-> {r['mask']}, {r['overlay']}")
@@ -216,12 +219,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
     model, ckpt, device = _load_for_inference(args.checkpoint, args.device, ckpt)
     model.score_thresh = min(model.score_thresh, args.score_thresh)  # a lower display threshold reaches NMS too
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    stems = prepare_outputs(args.images, out, ("_pred.png",), args.overwrite, decode_image)
     classes, category_ids = ckpt["classes"], ckpt["category_ids"]
     records = []
     import torch
 
-    for image_path in args.images:
+    for image_path, stem in zip(args.images, stems):
         image = decode_image(image_path)
         with torch.no_grad(), inference_size(model, _detection_image_size(args, ckpt)):
             (det,) = model([image.to(device).float() / 255])
@@ -232,14 +235,15 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
         rles = masks_to_rles(masks) if masks is not None else [None] * len(boxes)
         for box, score, label, rle in zip(boxes.tolist(), scores.tolist(), labels.tolist(), rles):
-            records.append({"file_name": str(image_path), "bbox": [box[0], box[1], box[2] - box[0], box[3] - box[1]],
+            records.append({"file_name": str(image_path), "drawn": f"{stem}_pred.png",
+                            "bbox": [box[0], box[1], box[2] - box[0], box[3] - box[1]],
                             "score": score, "category_id": int(category_ids[label]), "category": classes[label],
                             **({"segmentation": rle} if rle is not None else {})})
         drawn = draw_detections(image, boxes, scores, [classes[i] for i in labels.tolist()], masks=masks)
-        drawn.save(out / (Path(image_path).stem + "_pred.png"))
-    import json
-
-    (out / "predictions.json").write_text(json.dumps(records, indent=1) + "\n")
+        tmp = out / f".{stem}_pred.png.tmp.png"
+        drawn.save(tmp)
+        os.replace(tmp, out / f"{stem}_pred.png")
+    write_json(out / "predictions.json", records, indent=1)
     print(f"{len(records)} detections on {len(args.images)} images -> {out}/predictions.json and *_pred.png")
     return 0
 
@@ -393,6 +397,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep detections at or above this score (also lowers the model's own 0.05 if smaller)")
     p.add_argument("--image-size", type=int, help="resize the long side to this; default: the recipe's "
                    "eval.image_size for detection, else the training size")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace predictions.json and drawn images already in --out (refused otherwise)")
     p.add_argument("--device")
     p.set_defaults(func=cmd_predict)
 
@@ -423,7 +429,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_convert)
 
     p = sub.add_parser("export", help="export a model to ONNX or a torch.export program (fixed size, dynamic batch)")
-    p.add_argument("model", metavar="MODEL|WEIGHTS", help="registered backbone/detector name or a .safetensors file")
+    p.add_argument("model", metavar="MODEL|WEIGHTS", help="registered backbone/detector name, a .safetensors weights file or a training checkpoint "
+                   "(final.pt)")
     p.add_argument("--format", choices=("onnx", "exported-program"), default="onnx")
     p.add_argument("--size", type=parse_size, help="input HxW fixed in the export (default: the model's size)")
     p.add_argument("--pre-nms-top-k", type=int, default=1000,
@@ -474,7 +481,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.argv = list(sys.argv[1:] if argv is None else argv)  # what `train --nproc N` re-runs in each process
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, FileNotFoundError, FileExistsError) as err:  # the library's errors for user input
         print(f"spinenet {args.command}: error: {err}", file=sys.stderr)
         return 2
 

@@ -27,7 +27,9 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 from pathlib import Path
+
 import torch
 from torch import nn
 from torchvision.ops import nms
@@ -35,6 +37,7 @@ from torchvision.ops import nms
 from .models.retinanet_head import RetinaNetHead
 
 FORMATS = ("onnx", "exported-program")
+_SUFFIX = {"onnx": ".onnx", "exported-program": ".pt2"}
 
 
 def check_input(images: torch.Tensor, size: tuple[int, int], what: str = "exported model") -> None:
@@ -130,26 +133,67 @@ class DetectorExport(nn.Module):
 
 
 # ------------------------------------------------------------------------------------------------ building
+EXPORTABLE = ("backbone", "retinanet", "classification")
+
+
+def _is_torch_checkpoint(path: Path) -> bool:
+    """``torch.save`` files are zip archives; ``spinenet-weights/1`` files are safetensors (a JSON header)."""
+    with open(path, "rb") as fh:
+        return fh.read(4) == b"PK\x03\x04"
+
+
+def _from_training_checkpoint(path: Path) -> nn.Module:
+    """The model a training checkpoint (``final.pt`` / ``last.pt``) evaluates with: its ``model`` weights (the
+    moving average when the run used ``ema_decay``) in the architecture of its ``model_config``."""
+    from .engine.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(path)
+    if ckpt["task"] == "detection":
+        from .models import create_detector_from_config
+
+        net = create_detector_from_config(ckpt["model_config"])
+        net.load_state_dict(ckpt["model"])
+        return net
+    from .tasks.inference import load_task_model
+
+    return load_task_model(ckpt, torch.device("cpu"), str(path))
+
+
 def load_for_export(model: str, size: tuple[int, int] | None = None) -> tuple[nn.Module, str, tuple[int, int]]:
-    """A model from a registered name (fresh weights) or a ``spinenet-weights/1`` file; its task and size."""
+    """A model from a registered name (fresh weights), a ``spinenet-weights/1`` file or a training checkpoint
+    (``spinenet train``'s ``final.pt``); its task and size."""
     path = Path(model)
-    if path.suffix == ".safetensors" or path.is_file():
-        from .convert.weights import read_weights
+    if path.suffix in (".safetensors", ".pt", ".pth") or path.is_file():
+        from .convert.weights import model_task, read_weights
 
-        wf = read_weights(path)
-        name = wf.config["name"]
-        if wf.task == "backbone":
-            from .registry import create_model
-
-            net, task = create_model(name, weights=str(path)), "backbone"
-        elif wf.task == "retinanet":
-            from .models import create_detector
-
-            net, task = create_detector(name, weights=str(path)), "retinanet"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} does not exist; give a weights file, a training checkpoint or a "
+                                    "registered model name (see `spinenet list`)")
+        if _is_torch_checkpoint(path):
+            net = _from_training_checkpoint(path)
+            try:
+                task = model_task(net)
+            except ValueError:
+                task = "segmentation"
         else:
-            from .models import create_classifier
+            wf = read_weights(path)
+            task, name = wf.task, wf.config["name"]
+            if task == "backbone":
+                from .registry import create_model
 
-            net, task = create_classifier(name, weights=str(path)), "classification"
+                net = create_model(name, weights=str(path))
+            elif task == "retinanet":
+                from .models import create_detector
+
+                net = create_detector(name, weights=str(path))
+            elif task == "classification":
+                from .models import create_classifier
+
+                net = create_classifier(name, weights=str(path))
+            else:
+                net = None
+        if task not in EXPORTABLE:
+            raise ValueError(f"{path} holds a {task} model; export supports {', '.join(EXPORTABLE)} models")
     else:
         from .models import create_detector, list_detectors
         from .registry import create_model, list_models
@@ -188,11 +232,23 @@ def export_module(net: nn.Module, task: str, size: tuple[int, int], pre_nms_top_
     return BackboneExport(net, size).eval()
 
 
+ONNX_EMBED_LIMIT = 2**31 - 2**27  # protobuf's 2 GiB per file, less room for the graph itself
+
+
+def _tensor_bytes(module: nn.Module) -> int:
+    return sum(t.numel() * t.element_size() for t in (*module.parameters(), *module.buffers()))
+
+
 def export(model: str | nn.Module, output: str | os.PathLike, fmt: str = "onnx", size: tuple[int, int] | None = None,
            *, task: str | None = None, pre_nms_top_k: int = 1000, example_batch: int = 2) -> Path:
-    """Export ``model`` (a name, a weights file, or a built model with ``task``) to ``output``, atomically.
+    """Export ``model`` (a name, a weights file, a training checkpoint, or a built model with ``task``) to
+    ``output``, atomically: a failed export leaves nothing behind, a successful one only its output.
 
-    ``fmt``: ``onnx`` (dynamo exporter, dynamic batch) or ``exported-program`` (``torch.export.save``, ``.pt2``).
+    ``fmt``: ``onnx`` (dynamo exporter, dynamic batch) or ``exported-program`` (``torch.export.save``, ``.pt2``;
+    load it with ``import torchvision`` first, which registers the ``nms`` operator a detector's graph calls).
+    An ONNX file is self-contained: the weights are embedded, unless they exceed :data:`ONNX_EMBED_LIMIT`
+    (protobuf cannot hold 2 GiB), in which case they go to ``NAME.onnx.data`` beside ``NAME.onnx``, which refers
+    to it by that relative name (move or copy the two together).
     """
     if fmt not in FORMATS:
         raise ValueError(f"--format {fmt!r}: expected one of {FORMATS}")
@@ -206,21 +262,28 @@ def export(model: str | nn.Module, output: str | os.PathLike, fmt: str = "onnx",
     example = torch.rand(example_batch, 3, *size)
     batch = torch.export.Dim("batch", min=1, max=4096)
     out = Path(output)
+    if out.is_dir():
+        raise ValueError(f"-o {out} is a folder; give the file to write, e.g. {out / ('model' + _SUFFIX[fmt])}")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    staging = out.with_name(f".{out.name}.tmp-{os.getpid()}")  # a folder: the exporter may write two files
     try:
+        staging.mkdir(exist_ok=True)
         with torch.no_grad():
             if fmt == "onnx":
-                torch.onnx.export(wrapper, (example,), str(tmp), dynamo=True, input_names=["images"],
-                                  output_names=list(wrapper.output_names), dynamic_shapes=({0: batch},),
-                                  verbose=False)
+                program = torch.onnx.export(wrapper, (example,), None, dynamo=True, input_names=["images"],
+                                            output_names=list(wrapper.output_names), dynamic_shapes=({0: batch},),
+                                            verbose=False)
+                external = _tensor_bytes(wrapper) > ONNX_EMBED_LIMIT
+                program.save(str(staging / out.name), external_data=external)
             else:
                 program = torch.export.export(wrapper, (example,), dynamic_shapes=({0: batch},))
-                torch.export.save(program, str(tmp))
-        os.replace(tmp, out)
+                torch.export.save(program, str(staging / out.name))
+        data = staging / f"{out.name}.data"
+        if data.exists():
+            os.replace(data, out.with_name(data.name))
+        os.replace(staging / out.name, out)
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        shutil.rmtree(staging, ignore_errors=True)
     return out
 
 

@@ -124,7 +124,18 @@ def resolve(
     max_level: int = 7,
     stochastic_depth_rate: float = 0.0,
 ) -> Graph:
-    """Validate ``arch`` and return its graph; every fault raises ``ValueError`` naming the block."""
+    """Validate ``arch`` and return its graph; every fault raises ``ValueError`` naming the block (and the file,
+    for an architecture read from one)."""
+    try:
+        return _resolve(arch, scaling, flavor, min_level, max_level, stochastic_depth_rate)
+    except ValueError as err:
+        if arch.source is None:
+            raise
+        raise ValueError(f"{arch.source}: {err}") from None
+
+
+def _resolve(arch: Architecture, scaling: Scaling, flavor: str, min_level: int, max_level: int,
+             stochastic_depth_rate: float) -> Graph:
     family = arch.family
     if family not in FAMILY_BLOCK_TYPES:
         raise ValueError(f"unknown family {family!r}; expected one of {sorted(FAMILY_BLOCK_TYPES)}")

@@ -8,6 +8,7 @@ converter read and write exactly what the backbone builds.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from dataclasses import asdict, dataclass, field
@@ -149,6 +150,7 @@ class Architecture:
     blocks: tuple[BlockSpec, ...]
     scaling: Scaling | None = None
     name: str | None = field(default=None, compare=False)
+    source: str | None = field(default=None, compare=False)  # the file it was read from: graph errors name it
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -202,7 +204,7 @@ class Architecture:
             data = json.loads(path.read_text())
         except json.JSONDecodeError as err:
             raise ValueError(f"{path}: not valid JSON ({err.msg} at line {err.lineno}, column {err.colno})") from None
-        return cls.from_dict(data, source=str(path))
+        return dataclasses.replace(cls.from_dict(data, source=str(path)), source=str(path))
 
 
 def _as_list(value: Any, source: str, name: str) -> list:
@@ -242,10 +244,15 @@ def _parse_scaling(row: Any, source: str) -> Scaling:
     unknown = set(row) - names
     if unknown:
         raise ValueError(f"{source}: unknown field(s) {sorted(unknown)}; expected some of {sorted(names)}")
-    try:
-        return Scaling(**row)
-    except TypeError as err:
-        raise ValueError(f"{source}: {err}") from None
+    required = [name for name, f in Scaling.__dataclass_fields__.items() if f.default is dataclasses.MISSING]
+    missing = [name for name in required if name not in row]
+    if missing:
+        raise ValueError(f"{source}: missing field(s) {missing}; a scaling block needs {' and '.join(required)} "
+                         f"(optional: {', '.join(sorted(names - set(required)))}), or leave 'scaling' out")
+    for key, value in row.items():
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            raise ValueError(f"{source}: field '{key}' must be a number, got {value!r}")
+    return Scaling(**row)
 
 
 def default_architecture(family: str, flavor: str) -> Architecture:

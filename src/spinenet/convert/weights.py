@@ -101,6 +101,12 @@ def model_config_json(model: nn.Module) -> dict[str, Any]:
     return json.loads(json.dumps(model.config))
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)  # reading the umask means setting it; put it straight back
+    os.umask(mask)
+    return mask
+
+
 def save_weights(model: nn.Module, path: str | os.PathLike, provenance: Mapping[str, Any] | None = None) -> Path:
     """Write ``model``'s state dict and full configuration to a safetensors file, atomically (temp + rename)."""
     from safetensors.torch import save_file
@@ -113,6 +119,7 @@ def save_weights(model: nn.Module, path: str | os.PathLike, provenance: Mapping[
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         save_file(state, str(tmp), metadata=metadata)
+        os.chmod(tmp, 0o666 & ~_umask())  # safetensors creates its files 0600; give the mode open() would
         os.replace(tmp, path)
     finally:
         if tmp.exists():

@@ -33,7 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from .detection import _DECODE_ERRORS, decode_image
+from .detection import _DECODE_ERRORS
+from .images import decode_image
 
 __all__ = ["FASHION_MNIST_CLASSES", "FashionMNIST", "ImageFolder", "IMAGE_EXTENSIONS",
            "classification_dataset_from_path", "center_crop_resize", "fashion_mnist_dir", "random_resized_crop"]
@@ -91,6 +92,22 @@ class ImageFolder(Dataset):
 
     def __len__(self) -> int:
         return len(self.samples)
+
+    def drop_unreadable(self) -> list[Path]:
+        """Remove the files that do not open as images (header check, no decode), counted in
+        ``stats["skipped_images"]``; returns their paths. A class left without images is a ``ValueError``."""
+        from .detection import _image_size
+
+        bad = [path for path, _ in self.samples if _image_size(path) is None]
+        if bad:
+            dropped = set(bad)
+            self.samples = [(p, label) for p, label in self.samples if p not in dropped]
+            emptied = [c for k, c in enumerate(self.classes) if not any(label == k for _, label in self.samples)]
+            if emptied:
+                raise ValueError(f"{self.root}: class folder(s) {emptied} hold no readable images (e.g. {bad[0]} is "
+                                 "not an image); add images or remove the folder")
+        self.stats.update({"images": len(self.samples), "skipped_images": len(bad)})
+        return bad
 
     def read(self, index: int) -> tuple[torch.Tensor, int] | None:
         """The sample at ``index``, or ``None`` (with a warning the first time, and counted) if it does not decode."""

@@ -47,6 +47,8 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from .images import decode_image
+
 __all__ = [
     "BACKGROUND",
     "CocoDetection",
@@ -66,18 +68,6 @@ _DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError
 
 
 # ---- small helpers ----------------------------------------------------------------------------------------
-def decode_image(path: str | os.PathLike[str]) -> torch.Tensor:
-    """Decode an image file to a ``uint8 [3, H, W]`` RGB tensor (grey, palette and alpha images converted).
-
-    EXIF orientation is deliberately ignored: COCO/VOC boxes refer to the stored pixel grid.
-    Raises whatever PIL raises for unreadable files (``OSError`` and friends); callers decide whether to skip.
-    """
-    with Image.open(path) as img:
-        img.load()  # forces a full decode so truncated files fail here, not later
-        array = np.asarray(img.convert("RGB"))
-    return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()
-
-
 def clip_boxes(boxes: np.ndarray, width: float, height: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Clip ``xyxy`` boxes to ``[0, width] x [0, height]``.
 
@@ -205,6 +195,22 @@ class DetectionDataset(Dataset):
         out._unreadable, out._size_warned = set(), set()
         out.name = f"{self.name}[{_slice_text(selection)}]"
         return out
+
+    def drop_unreadable(self) -> list[Path]:
+        """Remove the records whose image file does not open as an image (header check, no decode), counting
+        them in ``stats["skipped_images"]``; returns their paths. A training run calls this at load, so a file
+        that is not an image is reported before the first step rather than skipped silently later."""
+        readable: dict[Path, bool] = {}
+        for record in self.records:
+            if record.path not in readable:
+                readable[record.path] = _image_size(record.path) is not None
+        bad = [path for path, ok in readable.items() if not ok]
+        if bad:
+            self.records = [r for r in self.records if readable[r.path]]
+            self.stats.update({"images": len(self.records), "boxes": int(sum(len(r.boxes) for r in self.records)),
+                               "empty_images": int(sum(len(r.boxes) == 0 for r in self.records))})
+        self.stats["skipped_images"] = self.stats.get("skipped_images", 0) + len(bad)
+        return bad
 
     def load_image(self, record: ImageRecord) -> torch.Tensor:
         """Decode the record's pixels (``uint8 [3, H, W]``); may raise PIL's decode errors."""

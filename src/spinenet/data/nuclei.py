@@ -17,7 +17,8 @@ from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+
+from .images import read_pixels
 
 HALVES = ("left", "right", "top", "bottom")
 
@@ -36,8 +37,7 @@ def nuclei_data_dir() -> Path:
 def _read_tif(path: Path) -> np.ndarray:
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing: reinstall `pip install --no-deps stardist==0.9.2`")
-    with Image.open(path) as img:  # 16-bit greyscale ("I;16"); PIL reads it without tifffile
-        return np.asarray(img).copy()
+    return read_pixels(path)  # 16-bit greyscale ("I;16"): the stored values, PIL reads it without tifffile
 
 
 @lru_cache(maxsize=1)

@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from .images import read_image_float
+
 __all__ = ["NucleiSegmentation", "otsu_threshold", "percentile_normalize", "read_image_float",
            "segmentation_dataset_from_path", "segmentation_train_transform"]
 
@@ -56,24 +58,6 @@ def segmentation_dataset_from_path(spec: str | os.PathLike[str]) -> Dataset:
     if text.startswith("nuclei:"):
         return NucleiSegmentation(text.split(":", 1)[1])
     raise ValueError(f"{text!r}: unsupported segmentation data; give nuclei:left|right|top|bottom")
-
-
-def read_image_float(path: str | os.PathLike[str]) -> torch.Tensor:
-    """An image file as float ``[3, H, W]`` in [0, 1]: 8-bit images divided by 255, 16/32-bit greyscale (e.g.
-    fluorescence TIFFs) divided by their own maximum, as :func:`spinenet.data.nuclei.load_nuclei` does."""
-    from PIL import Image
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"image {path} does not exist")
-    with Image.open(path) as img:
-        img.load()
-        if img.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
-            array = np.asarray(img).astype(np.float32)
-            array = array / max(float(array.max()), 1e-12)
-            return torch.from_numpy(array).expand(3, -1, -1).contiguous()
-        array = np.asarray(img.convert("RGB"))
-    return torch.from_numpy(array.copy()).permute(2, 0, 1).float().div_(255)
 
 
 # ------------------------------------------------------------------------------------------------ normalisation

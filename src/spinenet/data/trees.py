@@ -42,9 +42,9 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
-from PIL import Image
 
 from .detection import BACKGROUND, DetectionDataset, ImageRecord, Transform, clip_boxes, parse_voc_xml
+from .images import decode_rgb
 
 __all__ = [
     "TREE_SETS",
@@ -108,9 +108,7 @@ def trees_data_dir() -> Path:
 def _cached_array(path: Path) -> np.ndarray:
     array = _IMAGE_CACHE.get(path)
     if array is None:
-        with Image.open(path) as img:
-            img.load()
-            array = np.ascontiguousarray(np.asarray(img.convert("RGB")))
+        array = decode_rgb(path)
         _IMAGE_CACHE[path] = array
     return array
 

@@ -233,9 +233,13 @@ class EvalConfig:
     """``eval.*``: when the engine evaluates on ``--val-data``."""
 
     every: int = 0  # steps between evaluations; 0 = only at the end
+    # BatchNorm statistics recomputed over this many training batches before each evaluation and the final
+    # checkpoint ("precise BN", engine/trainer.py: recalibrate_batchnorm); 0 keeps the running averages
+    precise_bn_batches: int = 20
 
     def __post_init__(self) -> None:
         _at_least("eval", self, "every", 0)
+        _at_least("eval", self, "precise_bn_batches", 0)
 
 
 @dataclass(frozen=True)
@@ -633,6 +637,8 @@ def migrate_flat(data: Mapping[str, Any], source: str = "recipe") -> dict[str, A
     if dropped:
         warnings.warn(f"{source}: settings a {task} run did not read are left out: {', '.join(dropped)}",
                       stacklevel=3)
+    # runs saved in the flat form trained and were evaluated with the running BatchNorm averages
+    values.setdefault("eval.precise_bn_batches", 0)
     out: dict[str, Any] = {"format": RECIPE_FORMAT, "name": data.get("name", "custom"), "task": task,
                            "seed": data.get("seed", 0)}
     for path, value in values.items():

@@ -76,7 +76,8 @@ def trees_cpu() -> Recipe:
         # the last 300 steps with BN in inference mode: fitted under the normalisation it is evaluated with
         schedule=ScheduleConfig(steps=850, warmup_steps=50, warmup_factor=0.1, decay="cosine", bn_freeze=0.353,
                                 checkpoint_every=100),
-        eval=DetectionEval(every=100, image_size=384))  # a multiple of the 128 every SpineNet pads to
+        # the statistics the last 300 steps were fitted under stay (precise BN off)
+        eval=DetectionEval(every=100, image_size=384, precise_bn_batches=0))  # a multiple of the 128 SpineNet pads to
 
 
 @recipe
@@ -93,7 +94,7 @@ def nuclei_maskrcnn_cpu() -> Recipe:
                            val_tile_size=0),
         optim=OptimConfig(lr=0.08, precision="fp32"),
         schedule=ScheduleConfig(steps=100, warmup_steps=10, warmup_factor=0.1, decay="cosine", checkpoint_every=100),
-        eval=DetectionEval(image_size=512))  # the whole 512 x 256 half at its native size
+        eval=DetectionEval(image_size=512, precise_bn_batches=0))  # the whole 512 x 256 half at its native size
 
 
 @recipe
@@ -141,7 +142,8 @@ def fashion_mnist_cpu() -> Recipe:
         optim=OptimConfig(lr=0.25, weight_decay=5e-5, grad_clip=0.0, precision="bf16", channels_last=True),
         schedule=ScheduleConfig(steps=1300, warmup_steps=50, warmup_factor=0.1, decay="linear", checkpoint_every=500,
                                 log_every=50),
-        eval=ClassificationEval(crop=1.0, hflip=True))  # whole image, logits averaged with its mirror image
+        # the whole image, logits averaged with its mirror image
+        eval=ClassificationEval(crop=1.0, hflip=True, precise_bn_batches=0))
 
 
 @recipe
@@ -160,7 +162,7 @@ def nuclei_cpu() -> Recipe:
         optim=OptimConfig(lr=0.05, weight_decay=5e-5, precision="fp32"),
         schedule=ScheduleConfig(steps=600, warmup_steps=50, warmup_factor=0.1, decay="cosine", checkpoint_every=200,
                                 log_every=20),
-        eval=SegmentationEval(every=200))  # 128 px windows (the crop size) with 50% overlap
+        eval=SegmentationEval(every=200, precise_bn_batches=0))  # 128 px windows (the crop size) with 50% overlap
 
 
 def get_recipe(name: str) -> Recipe:

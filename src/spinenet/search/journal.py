@@ -24,6 +24,8 @@ from typing import Any
 
 import torch
 
+from ..files import json_safe
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS trials (
@@ -122,7 +124,8 @@ class Journal:
             self.db.execute(
                 "UPDATE trials SET status = ?, reward = ?, metrics = ?, macs = ?, params = ?, wall_time = ?, "
                 "error = ?, finished = ? WHERE id = ?",
-                (status, reward, json.dumps(metrics or {}), macs, params, wall_time, error, time.time(), trial_id))
+                (status, reward, json.dumps(json_safe(metrics or {})), macs, params, wall_time, error, time.time(),
+                 trial_id))
             self._save_state(state)
 
     def trials(self, status: str | None = None) -> list[Trial]:

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from ..files import json_safe
 from ..specs import Architecture
 from .journal import Journal, Trial
 from .space import SearchSpace, agreement, get_space
@@ -397,7 +398,7 @@ def export_csv(trials: list[Trial], path: Path) -> None:
         w.writerow(["id", "status", "reward", "macs", "params", "seed", "wall_time", "attempts", "metrics"])
         for t in trials:
             w.writerow([t.id, t.status, t.reward, t.macs, t.params, t.seed, t.wall_time, t.attempts,
-                        json.dumps(t.metrics)])
+                        json.dumps(json_safe(t.metrics))])
     os.replace(tmp, path)
 
 

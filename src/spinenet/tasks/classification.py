@@ -33,6 +33,17 @@ def classify(model: nn.Module, images: torch.Tensor, hflip: bool = False) -> tor
     return logits
 
 
+def _checked(dataset: Dataset, spec: str, flag: str) -> Dataset:
+    """Image folders: drop the files that are not images at load, and say so (built-in sets have none)."""
+    if hasattr(dataset, "drop_unreadable"):
+        bad = dataset.drop_unreadable()
+        if bad:
+            shown = ", ".join(str(p) for p in bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+            print(f"{flag} {spec}: {len(dataset)} images; skipped {len(bad)} file(s) that are not readable images "
+                  f"({shown})")
+    return dataset
+
+
 class ClassificationTask:
     """``spinenet train --task classification``: the model name is a classifier (:func:`list_classifiers`)."""
 
@@ -47,8 +58,9 @@ class ClassificationTask:
     def build_datasets(self, recipe: Recipe) -> tuple[Dataset, Dataset | None]:
         from ..data.classification import classification_dataset_from_path
 
-        train = classification_dataset_from_path(self.data)
-        val = classification_dataset_from_path(self.val_data, train.classes) if self.val_data else None
+        train = _checked(classification_dataset_from_path(self.data), self.data, "--data")
+        val = (_checked(classification_dataset_from_path(self.val_data, train.classes), self.val_data, "--val-data")
+               if self.val_data else None)
         if val is not None:
             from .inference import check_classes
 

@@ -59,17 +59,46 @@ class DetectionTask:
             kwargs["classes"] = classes[1:]  # VOC: keep the training set's label order
         return dataset_from_path(path, **kwargs)
 
+    @staticmethod
+    def _checked(dataset, spec: str, flag: str):
+        """Drop unreadable images at load and print what was dropped (images; for COCO / VOC files also the boxes
+        without area, and those clipped to the image: the tiled built-in sets drop boxes by design)."""
+        from ..data.detection import CocoDetection, VOCDetection
+
+        bad = dataset.drop_unreadable()
+        s = dict(dataset.stats)
+        if not isinstance(dataset, (CocoDetection, VOCDetection)):
+            s["dropped_boxes"] = s["clipped_boxes"] = 0  # the tiles of the built-in sets drop and clip by design
+        notes = []
+        if bad:
+            shown = ", ".join(str(p) for p in bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+            notes.append(f"skipped {len(bad)} image file(s) that are not readable images ({shown})")
+        if s.get("dropped_boxes"):
+            notes.append(f"dropped {s['dropped_boxes']} box(es) without area (zero or negative width or height "
+                         "after clipping to the image)")
+        if s.get("clipped_boxes"):
+            notes.append(f"clipped {s['clipped_boxes']} box(es) to the image")
+        if notes:
+            print(f"{flag} {spec}: {s['images']} images, {s['boxes']} boxes; " + "; ".join(notes))
+        if not len(dataset):
+            raise ValueError(f"{flag} {spec}: no readable images are left; check the image files")
+        return dataset
+
     def build_datasets(self, recipe: Recipe) -> tuple[Dataset, Dataset | None]:
         data = recipe.data  # DetectionData
         tile = data.tile_size or None
-        train = self._open(self.data, tile_size=tile, overlap=data.tile_overlap)
+        train = self._checked(self._open(self.data, tile_size=tile, overlap=data.tile_overlap), self.data, "--data")
+        if train.stats["boxes"] == 0:
+            raise ValueError(f"--data {self.data}: no boxes to train on ({len(train)} images, none with a usable "
+                             "annotation); a detector learns from annotated objects: add annotations, or check "
+                             "that the annotation file is the right one")
         if self.needs_masks and not getattr(train, "with_masks", False):
             raise ValueError(f"--model {self.model_name} trains on instance masks, but --data {self.data} has boxes "
                              "only; give a COCO .json with 'segmentation' per annotation or nuclei:<half>, or "
                              "train a retinanet_* model")
         val_tile = tile if data.val_tile_size is None else data.val_tile_size  # 0: whole images
-        val = (self._open(self.val_data, list(train.classes), tile_size=val_tile or None)
-               if self.val_data else None)
+        val = (self._checked(self._open(self.val_data, list(train.classes), tile_size=val_tile or None),
+                             self.val_data, "--val-data") if self.val_data else None)
         if val is not None and list(val.classes) != list(train.classes):
             raise ValueError(f"--val-data classes {val.classes[1:]} differ from --data classes {train.classes[1:]}")
         return train, val

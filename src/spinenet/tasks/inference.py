@@ -7,7 +7,6 @@ classifier / segmenter config), ``classes`` and the training ``recipe`` (evaluat
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any, Sequence
@@ -16,6 +15,7 @@ import torch
 from torch import nn
 
 from ..engine.config import Recipe
+from ..files import write_json
 
 
 def load_task_model(ckpt: dict[str, Any], device: torch.device, source: str = "checkpoint") -> nn.Module:
@@ -41,6 +41,63 @@ def check_classes(data_classes: Sequence[str], ckpt_classes: Sequence[str], data
     if list(data_classes) != list(ckpt_classes):
         raise ValueError(f"{data} has classes {list(data_classes)}, {source} {list(ckpt_classes)} (same count, "
                          f"other names or order)")
+
+
+def output_stems(images: Sequence[str | os.PathLike[str]]) -> list[str]:
+    """A distinct output name stem per input image: the file's stem (``a/x.png`` -> ``x``); where stems clash,
+    the extension is added (``x.png``, ``x.jpg`` -> ``x_png``, ``x_jpg``), then as many parent folders as tell
+    the inputs apart (``a/x.png``, ``b/x.png`` -> ``a__x``, ``b__x``). The same file given twice is a
+    ``ValueError``."""
+    paths = [Path(p).resolve() for p in images]
+    seen: dict[Path, str] = {}
+    for given, path in zip(images, paths):
+        if path in seen:
+            raise ValueError(f"image {given} is given twice (also as {seen[path]}); give each image once")
+        seen[path] = str(given)
+    folders = [p.parent.parts[1:] if p.is_absolute() else p.parent.parts for p in paths]
+
+    def name(i: int, level: int) -> str:
+        """Level 2d: ``d`` parent folders and the stem; level 2d + 1: the same with the extension."""
+        depth, with_extension = divmod(level, 2)
+        base = paths[i].name.replace(".", "_") if with_extension else paths[i].stem
+        return "__".join([*folders[i][len(folders[i]) - min(depth, len(folders[i])):], base])
+
+    levels = [0] * len(paths)
+    while True:
+        names = [name(i, level) for i, level in enumerate(levels)]
+        counts: dict[str, int] = {}
+        for n in names:
+            counts[n] = counts.get(n, 0) + 1
+        clashing = [i for i, n in enumerate(names) if counts[n] > 1]
+        if not clashing:
+            return names
+        if all(levels[i] > 2 * len(folders[i]) for i in clashing):  # full paths: only different spellings left
+            raise ValueError(f"images {images[clashing[0]]} and {images[clashing[1]]} would write the same outputs "
+                             f"({names[clashing[0]]}_*); rename one")
+        for i in clashing:
+            levels[i] += 1
+
+
+def prepare_outputs(images: Sequence[str | os.PathLike[str]], out: str | os.PathLike[str], suffixes: Sequence[str],
+                    overwrite: bool, reader) -> list[str]:
+    """Check a ``predict`` command before it writes anything: every input exists and decodes (``reader``, the
+    task's image reader; a bad file is a ``ValueError`` naming it, and no image is processed), ``out`` is a
+    folder, and none of the files it would write (``predictions.json`` and ``<stem><suffix>`` per image) exists
+    unless ``overwrite``. Creates ``out``; returns the output stems (:func:`output_stems`)."""
+    folder = Path(out)
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"--out {folder} is a file; give a folder for the predictions")
+    stems = output_stems(images)
+    for path in images:
+        reader(path)
+    targets = [folder / "predictions.json", *(folder / f"{stem}{suffix}" for stem in stems for suffix in suffixes)]
+    existing = [str(t) for t in targets if t.exists()]
+    if existing and not overwrite:
+        more = f" and {len(existing) - 1} more" if len(existing) > 1 else ""
+        raise FileExistsError(f"{existing[0]}{more} already exist(s); pass --overwrite to replace them, or choose "
+                              "another --out")
+    folder.mkdir(parents=True, exist_ok=True)
+    return stems
 
 
 def _recipe(ckpt: dict[str, Any], source: str = "checkpoint") -> Recipe:
@@ -80,32 +137,35 @@ def eval_command(ckpt: dict[str, Any], source: str, data: str, device: torch.dev
         metrics = task.evaluate(model, dataset, device, recipe)
     if report is not None:
         report.mkdir(parents=True, exist_ok=True)
-        tmp = report / ".metrics.json.tmp"
-        tmp.write_text(json.dumps({"checkpoint": source, "data": data, **metrics}, indent=2) + "\n")
-        os.replace(tmp, report / "metrics.json")
+        write_json(report / "metrics.json", {"checkpoint": source, "data": data, **metrics})
     return metrics
 
 
 def predict_command(ckpt: dict[str, Any], source: str, images: Sequence[str], device: torch.device, out: str,
-                    image_size: int | None = None, top_k: int = 5) -> list[dict[str, Any]]:
+                    image_size: int | None = None, top_k: int = 5, overwrite: bool = False) -> list[dict[str, Any]]:
     """Classification: top-``k`` classes per image. Segmentation: a label PNG (``*_mask.png``, class ids) and an
-    overlay PNG (``*_pred.png``) per image. Both write ``predictions.json`` in ``out``; returns its records."""
+    overlay PNG (``*_pred.png``) per image. Both write ``predictions.json`` in ``out``; returns its records.
+    Inputs and outputs are checked first (:func:`prepare_outputs`)."""
+    from ..data.images import decode_image, read_image_float
+
     model = load_task_model(ckpt, device, source)
     recipe = _recipe(ckpt, source)
     folder = Path(out)
-    folder.mkdir(parents=True, exist_ok=True)
+    segmentation = ckpt["task"] != "classification"
+    if segmentation and image_size:
+        raise ValueError("--image-size applies to classification and detection; segmentation runs at the "
+                         "images' own size (times the recipe's input_scale)")
+    stems = prepare_outputs(images, folder, ("_mask.png", "_pred.png") if segmentation else (), overwrite,
+                            read_image_float if segmentation else decode_image)
     records: list[dict[str, Any]] = []
     classes = list(ckpt["classes"])
     if ckpt["task"] == "classification":
         from ..data.classification import center_crop_resize
-        from ..data.detection import decode_image
         from .classification import classify, eval_crop, eval_hflip
 
         size = image_size or recipe.data.image_size
         crop, hflip = eval_crop(recipe), eval_hflip(recipe)
         for path in images:
-            if not Path(path).is_file():
-                raise FileNotFoundError(f"image {path} does not exist")
             image = center_crop_resize(decode_image(path), size, crop)
             with torch.no_grad():
                 logits = classify(model, image[None].to(device), hflip).cpu()
@@ -114,19 +174,14 @@ def predict_command(ckpt: dict[str, Any], source: str, images: Sequence[str], de
     else:
         from PIL import Image
 
-        from ..data.segmentation import read_image_float
         from ..models.segmentation import draw_overlay
         from .segmentation import eval_window, input_percentiles, input_scale, predict_logits
 
-        if image_size:
-            raise ValueError("--image-size applies to classification and detection; segmentation runs at the "
-                             "images' own size (times the recipe's input_scale)")
         scale = input_scale(recipe)
         window, overlap = eval_window(recipe)
-        for path in images:
+        for path, stem in zip(images, stems):
             image = read_image_float(path)
             pred = predict_logits(model, image, device, scale, window, overlap, input_percentiles(recipe)).argmax(0)
-            stem = Path(path).stem
             tmp = folder / f".{stem}_mask.png.tmp.png"
             Image.fromarray(pred.to(torch.uint8).numpy()).save(tmp)
             os.replace(tmp, folder / f"{stem}_mask.png")
@@ -138,7 +193,5 @@ def predict_command(ckpt: dict[str, Any], source: str, images: Sequence[str], de
             fractions = torch.bincount(pred.flatten(), minlength=len(classes)).double() / pred.numel()
             records.append({"file_name": str(path), "mask": f"{stem}_mask.png", "overlay": f"{stem}_pred.png",
                             "class_fraction": {c: round(float(f), 6) for c, f in zip(classes, fractions)}})
-    tmp = folder / ".predictions.json.tmp"
-    tmp.write_text(json.dumps(records, indent=1) + "\n")
-    os.replace(tmp, folder / "predictions.json")
+    write_json(folder / "predictions.json", records, indent=1)
     return records
