@@ -20,6 +20,7 @@
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from dataclasses import replace
 from typing import Any, Sequence
@@ -178,11 +179,16 @@ def backbone_macs(arch: Architecture, size: int, **overrides: Any) -> int:
     return count_macs(on_meta(lambda: create_model("spinenet49", block_specs=arch, **overrides)), size)
 
 
-def matched_scale(arch: Architecture, target_macs: int, size: int, lo: float = 0.05, hi: float = 4.0,
-                  tolerance: float = 0.01, iterations: int = 16, **overrides: Any) -> float:
+def matched_scale(arch: Architecture, target_macs: int, size: int, start: float = 1.0, lo: float = 0.05,
+                  hi: float = 4.0, tolerance: float = 0.01, iterations: int = 12, **overrides: Any) -> float:
     """The ``filter_size_scale`` at which ``arch``'s backbone MACs (:func:`backbone_macs`) are within
-    ``tolerance`` (relative) of ``target_macs``, by bisection (MACs grow with the scale; widths are rounded down per
-    level, so after ``iterations`` halvings the closer of the two bracketing scales is returned)."""
+    ``tolerance`` (relative) of ``target_macs``.
+
+    MACs grow roughly as a power of the width, so each step fits ``MACs ~ scale ** p`` through the last two counts
+    (secant steps in log-log space, ``p`` starting at 2) and jumps to the target; each count runs the model on the
+    meta device, so a match takes a few counts instead of a bisection's dozen. Widths are rounded down per level,
+    so an exact match may not exist: after ``iterations`` counts the closest scale is returned, and ``ValueError``
+    is raised when even that one is more than 10% off (the comparison's bound)."""
     seen: dict[float, int] = {}
 
     def macs(scale: float) -> int:
@@ -190,15 +196,21 @@ def matched_scale(arch: Architecture, target_macs: int, size: int, lo: float = 0
             seen[scale] = backbone_macs(arch, size, filter_size_scale=scale, **overrides)
         return seen[scale]
 
-    if macs(lo) > target_macs or macs(hi) < target_macs:
-        raise ValueError(f"matched_scale: target {target_macs} MACs is outside [{macs(lo)}, {macs(hi)}] for scales "
-                         f"[{lo}, {hi}] of {arch.name or 'the architecture'}")
+    if target_macs <= 0:
+        raise ValueError(f"matched_scale: target_macs must be > 0, got {target_macs}")
+    scale, power = min(max(start, lo), hi), 2.0
     for _ in range(iterations):
-        mid = (lo * hi) ** 0.5  # MACs grow about quadratically with the width: bisect in log space
-        if abs(macs(mid) / target_macs - 1) <= tolerance:
-            return mid
-        if macs(mid) < target_macs:
-            lo = mid
-        else:
-            hi = mid
-    return min((lo, hi), key=lambda s: abs(macs(s) - target_macs))
+        current = macs(scale)
+        if abs(current / target_macs - 1) <= tolerance:
+            return scale
+        step = min(max(scale * (target_macs / current) ** (1 / power), lo), hi)
+        if step == scale:
+            break
+        if macs(step) != current:
+            power = min(max(math.log(macs(step) / current) / math.log(step / scale), 0.5), 3.0)
+        scale = step
+    best = min(seen, key=lambda s: abs(seen[s] - target_macs))
+    if abs(seen[best] / target_macs - 1) > 0.10:
+        raise ValueError(f"matched_scale: no width multiplier in [{lo}, {hi}] gives {arch.name or 'the architecture'} "
+                         f"{target_macs} MACs within 10% (closest: {seen[best]} at {best:.4g})")
+    return best

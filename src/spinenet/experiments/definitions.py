@@ -87,7 +87,8 @@ class _Base(Experiment):
         arch = Architecture.from_dict(json.loads(arch_json))
         kwargs = {k: v for k, v in self.backbone_kwargs.items() if k != "filter_size_scale"}
         return matched_scale(arch, self.reference_macs, self.recipe.image_size,
-                             tolerance=self.settings.mac_tolerance, **kwargs)
+                             start=self.backbone_kwargs["filter_size_scale"], tolerance=self.settings.mac_tolerance,
+                             **kwargs)
 
     def scale_for(self, arch: Architecture | None) -> float:
         if arch is None:
@@ -229,7 +230,7 @@ class Ablations(PermutedVsDecreasedTrees):
             if all(p.key in results for p in proxies):
                 scored = [(r, i) for i, r in enumerate(rewards) if r is not None]
                 if scored:
-                    runs += self.sweep(o, candidates[max(scored)[1]], True, *args)
+                    runs += self.sweep(o, candidates[max(scored, key=lambda t: (t[0], -t[1]))[1]], True, *args)
         return runs
 
 
@@ -237,7 +238,8 @@ class Ablations(PermutedVsDecreasedTrees):
 @dataclass
 class ProxyRankSettings(TreesSettings):
     lr_factors: tuple[float, ...] = (1.0,)
-    random_archs: int = 8  # draws of the search space, besides SpineNet-49, R50-FPN and the two fixed orderings
+    random_archs: int = 8  # draws of the search space, besides the fixed architectures below
+    fixed_archs: tuple[str, ...] = ("spinenet49", "r50-fpn", "hourglass", "fish")
     space: str = "spinenet49"
     arch_seed: int = 0
     resamples: int = 2000  # bootstrap resamples of the tau intervals
@@ -258,8 +260,13 @@ class ProxyRank(PermutedVsDecreasedTrees):
         rng = np.random.default_rng(s.arch_seed)
         archs = [space.decode(space.sample(rng), name=f"{s.space}-random-{i}") for i in range(s.random_archs)]
         lo, hi = self.levels
-        return archs + [spinenet49_architecture(), scale_decreased_fpn(min_level=lo, max_level=max(hi, 7)),
-                        *(fixed_ordering(o, seed=0) for o in ORDERINGS)]
+        fixed = {"spinenet49": spinenet49_architecture,
+                 "r50-fpn": lambda: scale_decreased_fpn(min_level=lo, max_level=max(hi, 7)),
+                 **{o: functools.partial(fixed_ordering, o, 0) for o in ORDERINGS}}
+        unknown = set(s.fixed_archs) - set(fixed)
+        if unknown:
+            raise ValueError(f"fixed_archs: unknown {sorted(unknown)}; choose from {', '.join(fixed)}")
+        return archs + [fixed[name]() for name in s.fixed_archs]
 
     def plan(self, results: dict[str, Any]) -> list[Run]:
         s = self.settings
