@@ -90,6 +90,16 @@ def test_fixed_orderings_keep_the_blocks_and_follow_their_shape(name):
     assert fixed_ordering(name, seed=0) != fixed_ordering(name, seed=1)
 
 
+def test_docs_page_prints_the_generated_orderings():
+    from pathlib import Path
+
+    page = (Path(__file__).resolve().parents[1] / "docs" / "experiments" / "README.md").read_text()
+    for name in ORDERINGS:
+        inter, outs = ordering_levels(name)
+        row = f"| {name} | {', '.join(ORDERINGS[name])} | {', '.join(map(str, inter))} | {', '.join(map(str, outs))} |"
+        assert row in page, row
+
+
 def test_damages_replace_inputs_by_the_previous_block():
     base = spinenet49_architecture()
     for kind in DAMAGES:
@@ -125,6 +135,16 @@ def test_kendall_tau_and_bootstrap():
     assert np.isnan(kendall_tau([1, 1, 1], [1, 2, 3]))
     lo, hi = bootstrap_interval(range(12), [0, 2, 1, 3, 5, 4, 6, 8, 7, 9, 11, 10], resamples=300)
     assert 0 < lo <= kendall_tau(range(12), [0, 2, 1, 3, 5, 4, 6, 8, 7, 9, 11, 10]) <= hi <= 1
+
+
+def test_cli_errors_exit_2(tmp_path, capsys):
+    from spinenet.cli import main
+
+    assert main(["experiment", "nope", "--out", str(tmp_path / "a")]) == 2
+    assert "unknown experiment" in capsys.readouterr().err
+    assert main(["experiment", "ablations", "budget=x", "--out", str(tmp_path / "b")]) == 2
+    assert main(["experiment", "ablations", "--out", str(tmp_path / "c"), "--resume"]) == 2
+    assert "no experiment journal" in capsys.readouterr().err
 
 
 def test_settings_and_overrides_are_split_and_checked():
@@ -174,7 +194,15 @@ def test_trees_comparison_runs_and_resumes_after_an_interruption(tmp_path, monke
     assert records["spinenet49s-s0-lr0"].attempts == 1
     assert records["r50-fpn-s0-lr0"].attempts == 2
     assert records["r50-fpn-s0-lr0"].result["resumed_from_step"] == 1
+    # the command line on the finished folder: nothing left to run, outputs rewritten, exit 0
+    from spinenet.cli import main
+
+    (tmp_path / "runs.csv").unlink()
+    assert main(["experiment", "permuted-vs-decreased-trees", *TINY_TREES, "--seeds", "0", "--out", str(tmp_path),
+                 "--resume", "--quiet"]) == 0
+    assert first.stat().st_mtime_ns == stamp
     rows = {r["run"]: r for r in _check_outputs(tmp_path, 2)}
+    assert {r["attempts"] for r in rows.values()} == {"1", "2"}
     for row in rows.values():
         assert {"val/AP50", "val/AP", "soap/AP50", "soap/AP"} <= set(row)
     a, b = (int(rows[k]["backbone_macs"]) for k in ("spinenet49s-s0-lr0", "r50-fpn-s0-lr0"))

@@ -154,7 +154,7 @@ def execute(run: Run, folder: Path, device: str | None) -> dict[str, Any]:
         return {"metrics": {f"proxy/{k}": float(v) for k, v in metrics.items()},
                 "reward": float(metrics[proxy.metric])}
     if run.kind == "search":
-        return _execute_search(run, folder)
+        return _execute_search(run, folder, device)
     raise ValueError(f"run {run.key}: unknown kind {run.kind!r}; expected one of {KINDS}")
 
 
@@ -179,12 +179,15 @@ def _execute_train(run: Run, folder: Path, device: str | None) -> dict[str, Any]
     return result
 
 
-def _execute_search(run: Run, folder: Path) -> dict[str, Any]:
+def _execute_search(run: Run, folder: Path, device: str | None) -> dict[str, Any]:
     from ..search.journal import Journal
     from ..search.runner import Search, SearchConfig
 
     p = run.payload
-    config = SearchConfig(p["space"], p["strategy"], "proxy", dict(p.get("options") or {}), seed=int(p["seed"]))
+    options = dict(p.get("options") or {})
+    if device:
+        options["device"] = device
+    config = SearchConfig(p["space"], p["strategy"], "proxy", options, seed=int(p["seed"]))
     resume = (folder / Journal.FILE).is_file()
     if folder.exists() and not resume:
         shutil.rmtree(folder)
