@@ -173,10 +173,10 @@ def damage(kind: str, base: Architecture | None = None) -> Architecture:
 def backbone_macs(arch: Architecture, size: int, **overrides: Any) -> int:
     """Backbone multiply-adds (the FPN of :func:`scale_decreased_fpn` included) of ``arch`` with the SpineNet
     ResNet-family defaults under ``overrides`` (``filter_size_scale``, ``min_level``, ...), on the meta device."""
-    from ..profile import count_macs, on_meta
-    from ..registry import create_model
+    from ..profile import count_macs
+    from .training import backbone_on_meta
 
-    return count_macs(on_meta(lambda: create_model("spinenet49", block_specs=arch, **overrides)), size)
+    return count_macs(backbone_on_meta(arch, **overrides), size)
 
 
 def matched_scale(arch: Architecture, target_macs: int, size: int, start: float = 1.0, lo: float = 0.05,

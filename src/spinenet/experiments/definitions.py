@@ -28,7 +28,7 @@ from .architectures import (DAMAGES, ORDERINGS, RESNET50_BLOCKS, backbone_macs, 
 from .journal import RunRecord
 from .runner import Experiment, Run, Settings
 from .stats import bootstrap_interval, kendall_tau
-from .training import build_recipe, recipe_value
+from .training import backbone_scaling, build_recipe, recipe_value
 
 BACKBONE_KEYS = ("endpoints_num_filters", "filter_size_scale", "resample_alpha", "block_repeats", "min_level",
                  "max_level", "flavor")
@@ -54,15 +54,7 @@ class _Base(Experiment):
     @functools.cached_property
     def backbone_kwargs(self) -> dict[str, Any]:
         """Backbone scaling of the registered model under the recipe's ``model.*`` overrides (what MACs match)."""
-        from ..models import get_classifier_def, get_detector_def
-        from ..registry import get_model_def
-
-        defn = get_detector_def(self.model_name) if self.task == "detection" else get_classifier_def(self.model_name)
-        backbone = get_model_def(defn.backbone)
-        kwargs: dict[str, Any] = {"endpoints_num_filters": backbone.scaling.endpoints_num_filters,
-                                  "filter_size_scale": backbone.scaling.filter_size_scale,
-                                  "resample_alpha": backbone.scaling.resample_alpha,
-                                  "block_repeats": backbone.scaling.block_repeats, "flavor": backbone.flavor}
+        kwargs = backbone_scaling(self.task, self.model_name)
         for key in BACKBONE_KEYS:
             value = recipe_value(self.recipe, f"model.{key}")
             if value is not None:

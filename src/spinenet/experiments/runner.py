@@ -63,7 +63,7 @@ class Settings:
     @classmethod
     def parse(cls, items: Sequence[str]) -> tuple["Settings", list[str]]:
         """Split ``key=value`` strings into settings and recipe overrides (the latter returned as strings)."""
-        from ..engine.recipes import _auto
+        from .training import parse_value
 
         types = {f.name: str(f.type) for f in fields(cls)}
         values: dict[str, Any] = {}
@@ -74,7 +74,7 @@ class Settings:
                 raise ValueError(f"{item!r} is not key=value")
             key, value = (s.strip() for s in item.split("=", 1))
             if key.startswith("proxy."):
-                proxy[key[len("proxy."):]] = _auto(value)
+                proxy[key[len("proxy."):]] = parse_value(value)
             elif key.replace("-", "_") in types and key != "proxy":
                 name = key.replace("-", "_")
                 values[name] = _parse_setting(name, value, types[name])

@@ -1,8 +1,9 @@
-"""Every call the experiments make into recipes, tasks and the engine, in one place.
+"""Every call the experiments make into recipes, the model tables, tasks and the engine, in one place.
 
 Recipes are built from a registered recipe and ``key=value`` strings (:func:`spinenet.engine.recipes.parse_overrides`),
-tasks through :func:`spinenet.tasks.get_task`; :func:`train` runs one checkpointed job with the engine's
-:class:`~spinenet.engine.trainer.Trainer` and evaluates the result on extra datasets (cross-site sets).
+tasks through :func:`spinenet.tasks.get_task`; :func:`backbone_scaling` reads a registered model's backbone;
+:func:`train` runs one checkpointed job with the engine's :class:`~spinenet.engine.trainer.Trainer` and evaluates
+the result on extra datasets (cross-site sets).
 """
 
 from __future__ import annotations
@@ -16,6 +17,34 @@ from ..engine.recipes import Recipe, get_recipe, parse_overrides
 def build_recipe(name: str, overrides: Sequence[str]) -> Recipe:
     """Recipe ``name`` with ``key=value`` overrides applied in order (later ones win)."""
     return parse_overrides(get_recipe(name), list(overrides))
+
+
+def parse_value(text: str) -> Any:
+    """A ``key=value`` value as the recipe parser reads untyped extras: int, float, bool, none or the string."""
+    from ..engine.recipes import _auto
+
+    return _auto(text)
+
+
+def backbone_scaling(task: str, model: str) -> dict[str, Any]:
+    """The registered backbone scaling and flavour of a detector (``task="detection"``) or classifier."""
+    from ..models import get_classifier_def, get_detector_def
+    from ..registry import get_model_def
+
+    defn = get_detector_def(model) if task == "detection" else get_classifier_def(model)
+    backbone = get_model_def(defn.backbone)
+    return {"endpoints_num_filters": backbone.scaling.endpoints_num_filters,
+            "filter_size_scale": backbone.scaling.filter_size_scale,
+            "resample_alpha": backbone.scaling.resample_alpha, "block_repeats": backbone.scaling.block_repeats,
+            "flavor": backbone.flavor}
+
+
+def backbone_on_meta(arch: Any, **overrides: Any):
+    """A ResNet-family SpineNet backbone built from ``arch`` (``block_specs``) on the meta device (for MAC counts)."""
+    from ..profile import on_meta
+    from ..registry import create_model
+
+    return on_meta(lambda: create_model("spinenet49", block_specs=arch, **overrides))
 
 
 def recipe_value(recipe: Recipe, key: str, default: Any = None) -> Any:
