@@ -229,9 +229,10 @@ def test_fashion_comparison_tiny(tmp_path, one_thread):
 
 
 def test_ablations_tiny(tmp_path, one_thread):
-    exp = create_experiment("ablations", [0], TINY_TREES + TINY_PROXY + ["orderings=fish", "damages=both",
-                                                                       "budget=2"])
-    run_experiment(exp, tmp_path, progress=False)
+    items = TINY_TREES + TINY_PROXY + ["orderings=fish", "damages=both", "budget=2"]
+    first = run_experiment(create_experiment("ablations", [0], items), tmp_path, progress=False, stop_after=2)
+    assert [r.status for r in first.values()] == ["done", "done"] and len(_rows(tmp_path)) == 2
+    run_experiment(create_experiment("ablations", [0], items), tmp_path, resume=True, progress=False)
     rows = {r["run"]: r for r in _check_outputs(tmp_path, 5)}
     assert {"learned-s0-lr0", "no-both-s0-lr0", "fish-s0-lr0", "proxy-fish-0", "proxy-fish-1"} == set(rows)
     rewards = [float(rows[f"proxy-fish-{i}"]["proxy/AP50"]) for i in range(2)]
