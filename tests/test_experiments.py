@@ -137,6 +137,15 @@ def test_kendall_tau_and_bootstrap():
     assert 0 < lo <= kendall_tau(range(12), [0, 2, 1, 3, 5, 4, 6, 8, 7, 9, 11, 10]) <= hi <= 1
 
 
+def test_cli_help_names_every_experiment():
+    from spinenet.cli import build_parser
+    from spinenet.experiments import EXPERIMENTS
+
+    sub = next(a for a in build_parser()._actions if a.dest == "command").choices["experiment"]
+    text = next(a.help for a in sub._actions if a.dest == "name")
+    assert all(name in text for name in EXPERIMENTS), text
+
+
 def test_cli_errors_exit_2(tmp_path, capsys):
     from spinenet.cli import main
 
