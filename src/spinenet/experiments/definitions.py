@@ -1,0 +1,400 @@
+"""The experiments (docs/experiments/README.md): what each one trains and how it summarises the result.
+
+* ``permuted-vs-decreased-trees``: RetinaNet on SpineNet-49S against RetinaNet on the scale-decreased R50-FPN of
+  :func:`~.architectures.scale_decreased_fpn` at equal backbone MACs (paper Tables 2-3); held-out and cross-site
+  AP50 / AP; every model gets the same learning-rate sweep.
+* ``permuted-vs-decreased-fmnist``: the same on Fashion-MNIST, SpineNet-49 against ResNet-50 (paper Table 4).
+* ``ablations``: SpineNet-49S's blocks at equal MACs: learned permutation against the hourglass and fish orderings
+  (connections picked among ``budget`` draws of the search space's rule by the proxy reward), and learned
+  connections against the three damages (paper Tables 8-9).
+* ``proxy-rank``: Kendall tau between the proxy reward and the full recipe's held-out AP50 over the architectures
+  of :meth:`ProxyRank.architectures`, with the seed-vs-seed tau of the full recipe as the ceiling.
+* ``search-vs-random``: RL, evolution and random search with the proxy at the same trial budget; the best of each
+  re-trained with the full recipe against the median random architecture, SpineNet-49's topology and R50-FPN.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..specs import Architecture, default_architecture
+from .architectures import (DAMAGES, ORDERINGS, RESNET50_BLOCKS, backbone_macs, damage, fixed_ordering,
+                            matched_scale, scale_decreased_fpn, spinenet49_architecture)
+from .journal import RunRecord
+from .runner import Experiment, Run, Settings
+from .stats import bootstrap_interval, kendall_tau
+from .training import backbone_scaling, build_recipe, recipe_value
+
+BACKBONE_KEYS = ("endpoints_num_filters", "filter_size_scale", "resample_alpha", "block_repeats", "min_level",
+                 "max_level", "flavor")
+
+
+def _fmt(value: float) -> str:
+    return f"{value:.6g}"
+
+
+class _Base(Experiment):
+    """Shared plumbing: the recipe, the backbone settings a model gets, width matching, one training run."""
+
+    task = "detection"
+
+    @property
+    def model_name(self) -> str:
+        return self.settings.detector if self.task == "detection" else self.settings.classifier
+
+    @functools.cached_property
+    def recipe(self):
+        return build_recipe(self.settings.recipe, self.overrides)
+
+    @functools.cached_property
+    def backbone_kwargs(self) -> dict[str, Any]:
+        """Backbone scaling of the registered model under the recipe's ``model.*`` overrides (what MACs match)."""
+        kwargs = backbone_scaling(self.task, self.model_name)
+        for key in BACKBONE_KEYS:
+            value = recipe_value(self.recipe, f"model.{key}")
+            if value is not None:
+                kwargs[key] = value
+        return kwargs
+
+    @property
+    def levels(self) -> tuple[int, int]:
+        kw = self.backbone_kwargs
+        return int(kw.get("min_level") or 3), int(kw.get("max_level") or 7)
+
+    def reference_arch(self) -> Architecture:
+        return default_architecture("resnet", self.backbone_kwargs["flavor"])
+
+    @functools.cached_property
+    def reference_macs(self) -> int:
+        return backbone_macs(self.reference_arch(), self.recipe.image_size, **self.backbone_kwargs)
+
+    @functools.lru_cache(maxsize=None)
+    def matched(self, arch_json: str) -> float:
+        """The width multiplier giving ``arch`` the reference's backbone MACs at the recipe's image size."""
+        arch = Architecture.from_dict(json.loads(arch_json))
+        kwargs = {k: v for k, v in self.backbone_kwargs.items() if k != "filter_size_scale"}
+        return matched_scale(arch, self.reference_macs, self.recipe.image_size,
+                             start=self.backbone_kwargs["filter_size_scale"], tolerance=self.settings.mac_tolerance,
+                             **kwargs)
+
+    def scale_for(self, arch: Architecture | None) -> float:
+        if arch is None:
+            return float(self.backbone_kwargs["filter_size_scale"])
+        return self.matched(json.dumps(arch.to_dict(), sort_keys=True))
+
+    def train_run(self, key: str, model_label: str, arch: Architecture | None, seed: int, lr_factor: float,
+                  scale: float | None, data: str, val_data: str | None, extra_eval: dict[str, str],
+                  **labels: Any) -> Run:
+        lr = self.recipe.lr * lr_factor
+        overrides = [*self.overrides, f"seed={seed}", f"lr={_fmt(lr)}"]
+        if scale is not None:
+            overrides.append(f"model.filter_size_scale={_fmt(scale)}")
+        payload = {"task": self.task, "model": self.model_name, "data": data, "val_data": val_data,
+                   "recipe": self.settings.recipe, "overrides": overrides,
+                   "arch": arch.to_dict() if arch is not None else None, "extra_eval": extra_eval}
+        return Run(key, "train", {"model": model_label, "arch": arch.name if arch else "registered", "seed": seed,
+                                  "lr": lr, **labels}, payload)
+
+    def sweep(self, label: str, arch: Architecture | None, match: bool, data: str, val_data: str,
+              extra_eval: dict[str, str], seeds: Sequence[int] | None = None, **labels: Any) -> list[Run]:
+        """One run per seed and learning-rate factor; ``match`` scales ``arch`` to the reference's MACs."""
+        scale = self.scale_for(arch) if match else None
+        return [self.train_run(f"{label}-s{seed}-lr{k}", label, arch, seed, f, scale, data, val_data, extra_eval,
+                               **labels)
+                for seed in (self.seeds if seeds is None else seeds)
+                for k, f in enumerate(self.settings.lr_factors)]
+
+    def summary_table(self, records: dict[str, RunRecord]) -> dict[str, Any]:
+        """Per model and lr: mean and sample sd over seeds of every metric, and the runs' cost."""
+        groups: dict[str, dict[str, list[float]]] = {}
+        for rec in records.values():
+            if rec.kind != "train" or rec.status != "done" or not rec.result:
+                continue
+            labels = rec.spec["labels"]
+            group = groups.setdefault(f"{labels['model']} lr={labels['lr']:.4g}", {})
+            for k, v in {**rec.result["metrics"], "macs": rec.result["macs"], "params": rec.result["params"],
+                         "wall_time_s": rec.wall_time}.items():
+                if v is not None:
+                    group.setdefault(k, []).append(float(v))
+        return {g: {k: {"mean": float(np.mean(v)), "sd": float(np.std(v, ddof=1)) if len(v) > 1 else None,
+                        "n": len(v)} for k, v in metrics.items()} for g, metrics in groups.items()}
+
+    def analyse(self, records: dict[str, RunRecord]) -> dict[str, Any]:
+        return {"table": self.summary_table(records), "reference_macs": self.reference_macs}
+
+
+# --------------------------------------------------------------------------------------------- comparisons
+@dataclass
+class TreesSettings(Settings):
+    recipe: str = "trees-cpu"
+    detector: str = "retinanet_spinenet49s"
+    data: str = "trees:yell-train"
+    val_data: str = "trees:yell-val"
+    cross_sites: tuple[str, ...] = ("trees:osbs", "trees:soap")
+    resnet_blocks: tuple[int, ...] = RESNET50_BLOCKS
+
+
+class PermutedVsDecreasedTrees(_Base):
+    """SpineNet-49S against R50-FPN at equal backbone MACs on the tree crowns (held-out and cross-site)."""
+
+    name = "permuted-vs-decreased-trees"
+    settings_class = TreesSettings
+
+    def decreased(self) -> Architecture:
+        lo, hi = self.levels
+        return scale_decreased_fpn(self.settings.resnet_blocks, lo, max(hi, 5))
+
+    def extra_eval(self) -> dict[str, str]:
+        return {path.split(":")[-1]: path for path in self.settings.cross_sites}
+
+    def plan(self, results: dict[str, Any]) -> list[Run]:
+        s = self.settings
+        return (self.sweep("spinenet49s", None, False, s.data, s.val_data, self.extra_eval())
+                + self.sweep("r50-fpn", self.decreased(), True, s.data, s.val_data, self.extra_eval()))
+
+
+@dataclass
+class FashionSettings(Settings):
+    recipe: str = "fashion-mnist-cpu"
+    classifier: str = "spinenet49"
+    train_limit: int = 0  # 0: all 60,000 training images
+    test_limit: int = 0
+    resnet_blocks: tuple[int, ...] = RESNET50_BLOCKS
+
+
+class PermutedVsDecreasedFashion(_Base):
+    """SpineNet-49 against ResNet-50 (+ FPN, aggregated by the same classification head) at equal MACs."""
+
+    name = "permuted-vs-decreased-fmnist"
+    settings_class = FashionSettings
+    task = "classification"
+    primary_metric = "val/top1"
+
+    def plan(self, results: dict[str, Any]) -> list[Run]:
+        s = self.settings
+        data = "fashion-mnist:train" + (f":{s.train_limit}" if s.train_limit else "")
+        val = "fashion-mnist:test" + (f":{s.test_limit}" if s.test_limit else "")
+        lo, hi = self.levels
+        decreased = scale_decreased_fpn(s.resnet_blocks, lo, max(hi, 5), name="r50-fpn")
+        return self.sweep("spinenet49", None, False, data, val, {}) + self.sweep("r50", decreased, True, data, val, {})
+
+
+# ------------------------------------------------------------------------------------------------ ablations
+@dataclass
+class AblationSettings(TreesSettings):
+    lr_factors: tuple[float, ...] = (1.0,)
+    orderings: tuple[str, ...] = tuple(ORDERINGS)
+    damages: tuple[str, ...] = DAMAGES
+    budget: int = 4  # connection draws per fixed ordering, scored by the proxy; 1 = take the first draw
+
+
+class Ablations(PermutedVsDecreasedTrees):
+    """Learned permutation vs fixed orderings, learned connections vs damaged ones, all at equal MACs."""
+
+    name = "ablations"
+    settings_class = AblationSettings
+
+    def plan(self, results: dict[str, Any]) -> list[Run]:
+        s = self.settings
+        for o in s.orderings:
+            if o not in ORDERINGS:
+                raise ValueError(f"orderings: unknown ordering {o!r}; choose from {', '.join(ORDERINGS)}")
+        if s.budget < 1:
+            raise ValueError(f"budget={s.budget}: give at least 1 connection draw per ordering")
+        args = (s.data, s.val_data, self.extra_eval())
+        runs = self.sweep("learned", None, False, *args)
+        for kind in s.damages:
+            runs += self.sweep(f"no-{kind}", damage(kind), True, *args)
+        for o in s.orderings:
+            candidates = [fixed_ordering(o, seed=i) for i in range(s.budget)]
+            if s.budget == 1:
+                runs += self.sweep(o, candidates[0], True, *args)
+                continue
+            proxies = [Run(f"proxy-{o}-{i}", "proxy", {"model": o, "arch": a.name, "seed": 0},
+                           {"arch": a.to_dict(), "seed": 0, "options": dict(s.proxy)}) for i, a in enumerate(candidates)]
+            runs += proxies
+            rewards = [(results[p.key] or {}).get("reward") if p.key in results else None for p in proxies]
+            if all(p.key in results for p in proxies):
+                scored = [(r, i) for i, r in enumerate(rewards) if r is not None]
+                if scored:
+                    runs += self.sweep(o, candidates[max(scored, key=lambda t: (t[0], -t[1]))[1]], True, *args)
+        return runs
+
+
+# ----------------------------------------------------------------------------------------------- proxy rank
+@dataclass
+class ProxyRankSettings(TreesSettings):
+    lr_factors: tuple[float, ...] = (1.0,)
+    random_archs: int = 8  # draws of the search space, besides the fixed architectures below
+    fixed_archs: tuple[str, ...] = ("spinenet49", "r50-fpn", "hourglass", "fish")
+    space: str = "spinenet49"
+    arch_seed: int = 0
+    resamples: int = 2000  # bootstrap resamples of the tau intervals
+
+
+class ProxyRank(PermutedVsDecreasedTrees):
+    """Does the proxy reward rank architectures as the full recipe does? (every model at SpineNet-49S's scaling)"""
+
+    name = "proxy-rank"
+    settings_class = ProxyRankSettings
+    default_seeds = (0, 1)
+
+    def architectures(self) -> list[Architecture]:
+        from ..search.space import get_space
+
+        s = self.settings
+        space = get_space(s.space)
+        rng = np.random.default_rng(s.arch_seed)
+        archs = [space.decode(space.sample(rng), name=f"{s.space}-random-{i}") for i in range(s.random_archs)]
+        lo, hi = self.levels
+        fixed = {"spinenet49": spinenet49_architecture,
+                 "r50-fpn": lambda: scale_decreased_fpn(min_level=lo, max_level=max(hi, 7)),
+                 **{o: functools.partial(fixed_ordering, o, 0) for o in ORDERINGS}}
+        unknown = set(s.fixed_archs) - set(fixed)
+        if unknown:
+            raise ValueError(f"fixed_archs: unknown {sorted(unknown)}; choose from {', '.join(fixed)}")
+        return archs + [fixed[name]() for name in s.fixed_archs]
+
+    def plan(self, results: dict[str, Any]) -> list[Run]:
+        s = self.settings
+        runs = []
+        for arch in self.architectures():
+            runs.append(Run(f"proxy-{arch.name}", "proxy", {"model": arch.name, "arch": arch.name, "seed": 0},
+                            {"arch": arch.to_dict(), "seed": 0, "options": dict(s.proxy)}))
+            runs += self.sweep(arch.name, arch, False, s.data, s.val_data, {})
+        return runs
+
+    def pairs(self, records: dict[str, RunRecord]) -> list[dict[str, Any]]:
+        """Per architecture: proxy reward and the full recipe's held-out AP50 per seed (finished runs only)."""
+        out = []
+        for arch in self.architectures():
+            proxy = records.get(f"proxy-{arch.name}")
+            full = {}
+            for seed in self.seeds:
+                rec = records.get(f"{arch.name}-s{seed}-lr0")
+                if rec is not None and rec.status == "done" and rec.result:
+                    full[seed] = rec.result["metrics"].get(self.primary_metric)
+            if proxy is None or proxy.status != "done" or not proxy.result or len(full) < len(self.seeds):
+                continue
+            out.append({"arch": arch.name, "proxy": proxy.result["reward"], "full": full,
+                        "full_mean": float(np.mean(list(full.values())))})
+        return out
+
+    def analyse(self, records: dict[str, RunRecord]) -> dict[str, Any]:
+        pairs = self.pairs(records)
+        out: dict[str, Any] = {"pairs": pairs, "n": len(pairs)}
+        if len(pairs) >= 2:
+            x, y = [p["proxy"] for p in pairs], [p["full_mean"] for p in pairs]
+            out["tau_proxy_vs_full"] = kendall_tau(x, y)
+            out["tau_proxy_vs_full_ci95"] = bootstrap_interval(x, y, resamples=self.settings.resamples)
+            if len(self.seeds) >= 2:
+                a, b = ([p["full"][s] for p in pairs] for s in self.seeds[:2])
+                out["tau_seed_vs_seed"] = kendall_tau(a, b)
+                out["tau_seed_vs_seed_ci95"] = bootstrap_interval(a, b, resamples=self.settings.resamples)
+        return out
+
+    def plot_extra(self, ax, records, analysis) -> None:
+        pairs = analysis.get("pairs") or []
+        ax.scatter([p["proxy"] for p in pairs], [p["full_mean"] for p in pairs], s=25)
+        for p in pairs:
+            ax.annotate(p["arch"], (p["proxy"], p["full_mean"]), fontsize=6)
+        tau = analysis.get("tau_proxy_vs_full")
+        ceiling = analysis.get("tau_seed_vs_seed")
+        ax.set_title(f"proxy vs full: tau {tau:.2f}" if tau is not None and tau == tau else "proxy vs full")
+        if ceiling is not None:
+            ax.set_title(ax.get_title() + f" (seed vs seed {ceiling:.2f})")
+        ax.set_xlabel("proxy reward")
+        ax.set_ylabel(f"full recipe {self.primary_metric} (mean over seeds)")
+        ax.grid(alpha=0.3)
+
+
+# -------------------------------------------------------------------------------------------- search vs random
+@dataclass
+class SearchSettings(TreesSettings):
+    lr_factors: tuple[float, ...] = (1.0,)
+    space: str = "spinenet49"
+    trials: int = 30
+    workers: int = 0  # Ray workers per search (2 on this machine's budget); 0 = in-process
+    strategies: tuple[str, ...] = ("random", "rl", "evolution")
+    search_seeds: tuple[int, ...] = (0, 1)  # random and RL; evolution runs the first seed only
+
+
+class SearchVsRandom(PermutedVsDecreasedTrees):
+    """Searches with the proxy, then the full recipe on their best architectures and the references."""
+
+    name = "search-vs-random"
+    settings_class = SearchSettings
+
+    def searches(self) -> list[Run]:
+        s = self.settings
+        runs = []
+        for strategy in s.strategies:
+            for seed in (s.search_seeds[:1] if strategy == "evolution" else s.search_seeds):
+                runs.append(Run(f"search-{strategy}-{seed}", "search", {"model": strategy, "seed": seed},
+                                {"space": s.space, "strategy": strategy, "seed": seed, "trials": s.trials,
+                                 "workers": s.workers, "options": dict(s.proxy)}))
+        return runs
+
+    def plan(self, results: dict[str, Any]) -> list[Run]:
+        s = self.settings
+        searches = self.searches()
+        runs = list(searches)
+        if not all(r.key in results for r in searches):
+            return runs
+        args = (s.data, s.val_data, self.extra_eval())
+        for strategy in s.strategies:
+            done = [results[r.key] for r in searches if r.labels["model"] == strategy and results[r.key]]
+            best = max((d for d in done if d.get("reward") is not None), key=lambda d: d["reward"], default=None)
+            if best is not None:
+                arch = Architecture.from_dict(best["best_arch"])
+                runs += self.sweep(f"best-{strategy}", arch, False, *args, reward=best["reward"])
+        random_trials = sorted((t for r in searches if r.labels["model"] == "random" and results[r.key]
+                                for t in results[r.key]["trials"] if t["reward"] is not None),
+                               key=lambda t: t["reward"])
+        if random_trials:
+            median = random_trials[(len(random_trials) - 1) // 2]
+            runs += self.sweep("median-random", Architecture.from_dict(median["arch"]), False, *args,
+                               reward=median["reward"])
+        runs += self.sweep("spinenet49s", None, False, *args)
+        runs += self.sweep("r50-fpn", self.decreased(), True, *args)
+        return runs
+
+    def analyse(self, records: dict[str, RunRecord]) -> dict[str, Any]:
+        out = super().analyse(records)
+        curves = {}
+        for key, rec in records.items():
+            if rec.kind == "search" and rec.result:
+                rewards = [t["reward"] for t in sorted(rec.result["trials"], key=lambda t: t["id"])]
+                curves[key] = np.maximum.accumulate(rewards).tolist() if rewards else []
+        out["best_so_far"] = curves
+        return out
+
+    def plot_extra(self, ax, records, analysis) -> None:
+        for k, (key, curve) in enumerate(sorted((analysis.get("best_so_far") or {}).items())):
+            ax.step(range(1, len(curve) + 1), curve, where="post", label=key, color=f"C{k}")
+        ax.set_xlabel("trial")
+        ax.set_ylabel("best proxy reward so far")
+        ax.set_title("search vs random")
+        ax.grid(alpha=0.3)
+        if analysis.get("best_so_far"):
+            ax.legend(fontsize=8)
+
+
+EXPERIMENTS: dict[str, type[Experiment]] = {cls.name: cls for cls in (
+    PermutedVsDecreasedTrees, PermutedVsDecreasedFashion, Ablations, ProxyRank, SearchVsRandom)}
+
+
+def create_experiment(name: str, seeds: Sequence[int] | None = None, items: Sequence[str] = ()) -> Experiment:
+    """An experiment by name with ``key=value`` items (settings, ``proxy.*`` options, recipe overrides)."""
+    try:
+        cls = EXPERIMENTS[name]
+    except KeyError:
+        raise ValueError(f"unknown experiment {name!r}; choose one of {', '.join(EXPERIMENTS)}") from None
+    settings, overrides = cls.settings_class.parse(items)
+    build_recipe(settings.recipe, overrides)  # bad recipe overrides fail here, before anything runs
+    return cls(cls.default_seeds if seeds is None else seeds, settings, overrides)
