@@ -42,7 +42,7 @@ def _check_outputs(folder, n_rows):
     for r in rows:
         if r["kind"] == "train":
             assert int(r["params"]) > 0 and int(r["macs"]) > int(r["backbone_macs"]) > 0
-            assert json.loads(r["recipe"])["steps"] == 2
+            assert json.loads(r["recipe"])["schedule"]["steps"] == 2
             assert float(r["wall_time_s"]) > 0
     return rows
 
@@ -216,7 +216,7 @@ def test_trees_comparison_runs_and_resumes_after_an_interruption(tmp_path, monke
         assert {"val/AP50", "val/AP", "soap/AP50", "soap/AP"} <= set(row)
     a, b = (int(rows[k]["backbone_macs"]) for k in ("spinenet49s-s0-lr0", "r50-fpn-s0-lr0"))
     assert abs(b / a - 1) <= 0.10
-    assert json.loads(rows["r50-fpn-s0-lr0"]["recipe"])["extra"]["model.filter_size_scale"] != 0.1
+    assert json.loads(rows["r50-fpn-s0-lr0"]["recipe"])["model"]["filter_size_scale"] != 0.1
 
 
 def test_fashion_comparison_tiny(tmp_path, one_thread):

@@ -71,14 +71,14 @@ class _Base(Experiment):
 
     @functools.cached_property
     def reference_macs(self) -> int:
-        return backbone_macs(self.reference_arch(), self.recipe.image_size, **self.backbone_kwargs)
+        return backbone_macs(self.reference_arch(), self.recipe.data.image_size, **self.backbone_kwargs)
 
     @functools.lru_cache(maxsize=None)
     def matched(self, arch_json: str) -> float:
         """The width multiplier giving ``arch`` the reference's backbone MACs at the recipe's image size."""
         arch = Architecture.from_dict(json.loads(arch_json))
         kwargs = {k: v for k, v in self.backbone_kwargs.items() if k != "filter_size_scale"}
-        return matched_scale(arch, self.reference_macs, self.recipe.image_size,
+        return matched_scale(arch, self.reference_macs, self.recipe.data.image_size,
                              start=self.backbone_kwargs["filter_size_scale"], tolerance=self.settings.mac_tolerance,
                              **kwargs)
 
@@ -90,7 +90,7 @@ class _Base(Experiment):
     def train_run(self, key: str, model_label: str, arch: Architecture | None, seed: int, lr_factor: float,
                   scale: float | None, data: str, val_data: str | None, extra_eval: dict[str, str],
                   **labels: Any) -> Run:
-        lr = self.recipe.lr * lr_factor
+        lr = self.recipe.optim.lr * lr_factor
         overrides = [*self.overrides, f"seed={seed}", f"lr={_fmt(lr)}"]
         if scale is not None:
             overrides.append(f"model.filter_size_scale={_fmt(scale)}")

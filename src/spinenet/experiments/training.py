@@ -48,10 +48,12 @@ def backbone_on_meta(arch: Any, **overrides: Any):
 
 
 def recipe_value(recipe: Recipe, key: str, default: Any = None) -> Any:
-    """A recipe field or extra (``model.max_level``, ``eval_image_size``) by its override name."""
-    if key in recipe.__dataclass_fields__:
-        return getattr(recipe, key)
-    return recipe.extra.get(key, default)
+    """A recipe setting by its override name (``model.max_level``, ``eval_image_size``, ``steps``); ``default``
+    where the recipe leaves it unset (``None``)."""
+    from ..engine.config import resolve_key
+
+    value = recipe.get(resolve_key(recipe.task, key))
+    return default if value is None else value
 
 
 def recipe_dict(recipe: Recipe) -> dict[str, Any]:
@@ -71,7 +73,8 @@ def open_dataset(task: str, path: str, classes: Sequence[str], recipe: Recipe):
         from ..data import dataset_from_path
 
         kwargs: dict[str, Any] = {}
-        tile = recipe.extra.get("val_tile_size", recipe.extra.get("tile_size"))
+        data = recipe.data
+        tile = data.tile_size if data.val_tile_size is None else data.val_tile_size
         if path.startswith("trees:yell") and tile:
             kwargs["tile_size"] = int(tile)
         return dataset_from_path(path, **kwargs)
@@ -106,8 +109,8 @@ def train(task_name: str, model: str, data: str, val_data: str | None, recipe: R
 
         resumed_from = int(load_checkpoint(trainer.last, map_location="cpu")["step"])
     metrics = trainer.fit()
-    if trainer.step != recipe.steps:
-        raise RuntimeError(f"{out}: training stopped at step {trainer.step} of {recipe.steps}")
+    if trainer.step != recipe.schedule.steps:
+        raise RuntimeError(f"{out}: training stopped at step {trainer.step} of {recipe.schedule.steps}")
     result: dict[str, Any] = {f"val/{k}": float(v) for k, v in metrics.items()}
     model_eval = trainer.eval_model
     model_eval.eval()
@@ -115,8 +118,8 @@ def train(task_name: str, model: str, data: str, val_data: str | None, recipe: R
 
     for label, path in extra_eval.items():
         dataset = open_dataset(task_name, path, list(trainer.train_set.classes), recipe)
-        with torch.no_grad(), autocast_context(trainer.device, recipe.precision):
+        with torch.no_grad(), autocast_context(trainer.device, recipe.optim.precision):
             extra = task.evaluate(model_eval, dataset, trainer.device, recipe)
         result.update({f"{label}/{k}": float(v) for k, v in extra.items()})
-    cost = model_cost(task_name, trainer.model_core, recipe.image_size)
+    cost = model_cost(task_name, trainer.model_core, recipe.data.image_size)
     return {"metrics": result, **cost, "resumed_from_step": resumed_from}
