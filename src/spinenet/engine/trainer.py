@@ -169,7 +169,7 @@ class Trainer:
         if r.channels_last:  # convolutions then pick NHWC kernels for NCHW inputs too; state_dict is unchanged
             self.model = self.model.to(memory_format=torch.channels_last)
         if r.extra.get("init_weights") and not self.resume:  # fine-tuning: spinenet-weights/1 file (docs/weights.md)
-            from ..convert.weights import load_pretrained
+            from ..weights import load_pretrained
 
             report = load_pretrained(self.model, str(r.extra["init_weights"]))
             if self.dist.is_main:
