@@ -321,8 +321,8 @@ class DetectorExport(nn.Module):
         self.size = size
         self.backbone, self.head = detector.backbone, detector.head
         t = detector.transform
-        self.register_buffer("mean", torch.tensor(t.image_mean).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(t.image_std).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("pixel_mean", torch.tensor(t.image_mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(t.image_std).view(1, 3, 1, 1), persistent=False)
         gen = detector.anchor_generator
         anchors = [gen.level_anchors(level, math.ceil(height / 2 ** level), math.ceil(width / 2 ** level))
                    for level in gen.levels]
@@ -336,7 +336,7 @@ class DetectorExport(nn.Module):
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         check_input(images, self.size)
         height, width = self.size
-        x = (images - self.mean) / self.std
+        x = (images - self.pixel_mean) / self.pixel_std
         cls_maps, box_maps = self.head.forward_levels(list(self.backbone(x).values()))
         logits = RetinaNetHead.flatten(cls_maps, self.num_classes).float()  # [N, A, K]
         deltas = RetinaNetHead.flatten(box_maps, 4)

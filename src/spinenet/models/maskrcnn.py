@@ -370,8 +370,8 @@ class MaskRCNNExport(nn.Module):
         self.box_head, self.box_predictor = heads.box_head, heads.box_predictor
         self.mask_head, self.mask_predictor = heads.mask_head, heads.mask_predictor
         t = model.transform
-        self.register_buffer("mean", torch.tensor(t.image_mean).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(t.image_std).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("pixel_mean", torch.tensor(t.image_mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(t.image_std).view(1, 3, 1, 1), persistent=False)
         gen = model.rpn.anchor_generator
         self.levels = list(gen.levels)
         per_level = [gen.level_anchors(level, math.ceil(height / 2 ** level), math.ceil(width / 2 ** level))
@@ -432,7 +432,7 @@ class MaskRCNNExport(nn.Module):
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         check_input(images, self.size)
-        x = (images - self.mean) / self.std
+        x = (images - self.pixel_mean) / self.pixel_std
         features = list(self.backbone(x).values())
         proposals, proposal_valid = self.proposals(features)
         n, p = proposal_valid.shape
