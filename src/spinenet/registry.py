@@ -12,6 +12,7 @@ them into one name space (duplicates raise) and dispatches on the entry's task, 
 
 from __future__ import annotations
 
+import difflib
 import fnmatch
 import os
 from dataclasses import dataclass
@@ -128,7 +129,7 @@ def get_entry(name: str) -> ModelEntry:
     if name in list_backbones():
         return _backbone_entry(name)
     known = list_models()
-    close = [n for n in known if name.lower() in n] or fnmatch.filter(known, f"*{name.lower().split('_')[-1]}*")
+    close = [n for n in known if name.lower() in n] or difflib.get_close_matches(name.lower(), known, n=4)
     hint = f" Did you mean {close[:6]}?" if close else ""
     raise ValueError(f"unknown model {name!r}.{hint} See spinenet.list_models() or `spinenet list`") from None
 
