@@ -1,4 +1,5 @@
-"""Export SpineNet backbones, classifiers and RetinaNet detectors to ONNX or a ``torch.export`` program.
+"""Export any registered model to ONNX or a ``torch.export`` program, through the wrapper the model provides
+(``model.export_module(size)``, :mod:`spinenet.models.base`).
 
 The input size is fixed at export time and only the batch is dynamic: the tpu flavour's graph depends on the input
 size (symmetric padding, size-based nearest resizes and pools, spec 3.12), and a detector's anchors do too. An input
@@ -12,7 +13,11 @@ Outputs:
 * detector -- ``boxes`` ``[N, D, 4]`` (x1, y1, x2, y2 in input pixels), ``scores`` ``[N, D]``, ``labels``
   ``[N, D]`` (int64), best first, ``D = detections_per_img``; rows after the last detection have score 0, label 0
   and a zero box. Input: RGB in [0, 1] already resized/padded to the export size (the eager model's
-  ``GeneralizedRCNNTransform`` resizes; the export does not).
+  ``GeneralizedRCNNTransform`` resizes; the export does not);
+* Mask R-CNN -- the detector's three outputs plus ``masks`` ``[N, D, 28, 28]``: each detection's mask
+  probabilities in its box (:class:`~spinenet.models.maskrcnn.MaskRCNNExport`; the eager model pastes them into
+  the image);
+* segmenter -- ``logits`` ``[N, num_classes, H, W]`` at the input size.
 
 Detector post-processing (:class:`DetectorExport`) is the eager model's (decode, clip, sigmoid without the
 background logit, score threshold, class-wise NMS, best ``D``) written with static shapes so that it traces: the

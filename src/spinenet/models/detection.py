@@ -310,8 +310,8 @@ class SpineNetRetinaNet(TaskModel, RetinaNet):
 
 
 class DetectorExport(nn.Module):
-    """A :class:`~spinenet.models.SpineNetRetinaNet` as one traceable graph: normalise, backbone, head, decode,
-    select (module docstring). Returns ``(boxes, scores, labels)``."""
+    """A :class:`SpineNetRetinaNet` as one traceable graph: normalise, backbone, head, decode, select with static
+    shapes (:mod:`spinenet.export` explains the selection). Returns ``(boxes, scores, labels)``."""
 
     output_names = ["boxes", "scores", "labels"]
 
