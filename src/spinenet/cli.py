@@ -462,6 +462,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    import warnings
+
+    # a renamed model name still works for a release: say so on the command line too (hidden by default)
+    warnings.filterwarnings("default", category=DeprecationWarning, module=r"spinenet\.")
     args = build_parser().parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # what `train --nproc N` re-runs in each process
     try:
