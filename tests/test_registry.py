@@ -94,9 +94,11 @@ def test_cli_list_filters_by_task(capsys):
 # ---------------------------------------------------------------------------------------------------- export
 def test_export_of_a_maskrcnn_weights_file_exports_the_maskrcnn(tmp_path, capsys, one_thread):
     """A Mask R-CNN weights file exports boxes, scores, labels and masks (not a classifier built from it)."""
+    from test_models import SMALL_GRAPH
+
     model = spinenet.create_model("maskrcnn_spinenet49", num_classes=3, image_size=128, head_width=8, box_fc_dim=16,
                                   rpn_pre_nms_top_n_test=50, rpn_post_nms_top_n_test=20, box_detections_per_img=5,
-                                  box_score_thresh=0.0, **TINY)
+                                  box_score_thresh=0.0, block_specs=SMALL_GRAPH, **TINY)
     path = spinenet.save_weights(model, tmp_path / "mrcnn.safetensors")
     out = tmp_path / "mrcnn.pt2"
     assert main(["export", str(path), "--format", "exported-program", "-o", str(out)]) == 0
