@@ -324,7 +324,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("list", help="list registered models (name, task, description, input size)")
     p.add_argument("pattern", nargs="?", help="shell-style filter, e.g. 'spinenet_mobile*'")
     p.add_argument("--task", choices=("backbone", "retinanet", "maskrcnn", "classification", "segmentation",
-                                      "detection"), help="only this task's models (detection: RetinaNet and Mask R-CNN)")
+                                      "detection"),
+                   help="only this task's models (detection: RetinaNet and Mask R-CNN)")
     p.set_defaults(func=cmd_list)
 
     p = sub.add_parser("summary", help="parameters and multiply-adds per model")

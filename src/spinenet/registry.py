@@ -147,7 +147,8 @@ def create_model(name: str, *, weights: str | os.PathLike | None = None, **overr
     ``(level, block_fn, input_offsets, is_output)``); task models add ``num_classes``, ``image_size`` and their
     head settings (:func:`spinenet.models.create_detector`, ``create_classifier``, ``create_segmenter``).
 
-    ``weights``: a ``spinenet-weights/1`` safetensors file (``spinenet convert``, :func:`spinenet.weights.save_weights`).
+    ``weights``: a ``spinenet-weights/1`` safetensors file (``spinenet convert``,
+    :func:`spinenet.weights.save_weights`).
     A file of the model's task rebuilds the saved model (another ``num_classes`` re-initialises the class
     predictor); any other file seeds the backbone. Overrides that would change the saved tensors' meaning raise
     ``ValueError`` (:mod:`spinenet.weights`); the load report is on ``model.weights_report``.

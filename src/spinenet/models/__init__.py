@@ -29,7 +29,8 @@ from .segmentation import (
     mean_iou,
 )
 
-__all__ = ["DetectorDef", "MaskRCNNDef", "SpineNetMaskRCNN", "SpineNetClassifier", "SpineNetRetinaNet", "SpineNetSegmenter", "TaskModel",
-           "create_classifier", "create_classifier_from_config", "create_detector", "create_detector_from_config",
-           "create_segmenter", "create_segmenter_from_config", "detector_macs", "get_classifier_def",
-           "get_detector_def", "list_classifiers", "list_detectors", "list_segmenters", "mean_iou"]
+__all__ = ["DetectorDef", "MaskRCNNDef", "SpineNetClassifier", "SpineNetMaskRCNN", "SpineNetRetinaNet",
+           "SpineNetSegmenter", "TaskModel", "create_classifier", "create_classifier_from_config", "create_detector",
+           "create_detector_from_config", "create_segmenter", "create_segmenter_from_config", "detector_macs",
+           "get_classifier_def", "get_detector_def", "list_classifiers", "list_detectors", "list_segmenters",
+           "mean_iou"]
