@@ -261,7 +261,7 @@ def test_mismatched_requests_are_refused(converted, tmp_path):
 
 def test_presets_fill_every_setting(tmp_path):
     from spinenet.convert.api import convert_checkpoint
-    from spinenet.convert.presets import PRESETS, get_preset
+    from spinenet.convert.presets import PRESETS, SEPARABLE_GAP, get_preset
 
     assert len(PRESETS) >= 27
     p = get_preset("spinenet-49-best")
@@ -270,8 +270,8 @@ def test_presets_fill_every_setting(tmp_path):
     assert get_preset("spinenet-49-imagenet").bn_eps == 1e-5
     assert get_preset("maskrcnn-spinenet-190").activation == "swish"
     assert get_preset("mg-spinenet49mobile").activation == "hard_swish"
-    mbconv = get_preset("spinenetmbconv-49-best")  # TF1 mobile: mapped, but no fixture covers it
-    assert mbconv.supported and not mbconv.verified and "spinenet_mbconv" in mbconv.note
+    mbconv = get_preset("spinenetmbconv-49-best")  # TF1 mobile: backbone checked, its separable head not
+    assert mbconv.supported and "tpu-mbconv-backbone" in mbconv.checks and SEPARABLE_GAP in mbconv.gaps
     with pytest.raises(ValueError, match="unknown preset"):
         convert_checkpoint(tmp_path / "x", tmp_path / "y.safetensors", preset="spinenet-50")
 
@@ -355,7 +355,7 @@ def test_tpu_mobile_names_carry_the_official_mobile_weights(tmp_path, parity_dir
     """The official Model Garden 49XS weights, stored under our TF1 ``spinenet_mbconv/`` names (each array as the
     official checkpoint holds it, so every TF1 layout is the official one), convert through the CLI with
     ``--source tpu`` and reproduce the official endpoints. Checks the TF1 map's bijection and layouts on real
-    weights; the TF1 names themselves have no fixture (unverified)."""
+    weights of another scaling (49XS) than the TF1 fixture's (tests/test_convert_tpu.py)."""
     from spinenet.convert.mapping import mg_backbone_map, tpu_backbone_map
     from spinenet.profile import on_meta
 
@@ -391,6 +391,7 @@ def test_tpu_mobile_preset_converts_a_tf1_layout_retinanet(tmp_path, capsys, one
                                 bn_eps=preset.bn_eps, flavor="tpu")
     config = json.loads(json.dumps(ours_like.config))
     config["anchors"]["aspect_ratios"] = [1.0, 2.0, 0.5]
+    config["postprocess"]["box_decoding"] = "tf1"  # the TF1 decoding the converted file selects
     theirs = create_detector_from_config(config).eval()
     with torch.no_grad():  # BN statistics and affine terms away from their initial values, so each one matters
         for name, t in theirs.state_dict().items():
@@ -418,6 +419,7 @@ def test_tpu_mobile_preset_converts_a_tf1_layout_retinanet(tmp_path, capsys, one
     assert wf.config["backbone"]["flavor"] == "tpu" and wf.config["head"]["separable"]
     assert wf.config["backbone"]["activation"] == "swish" and wf.config["backbone"]["bn_eps"] == 1e-4
     assert wf.provenance["preset"] == "spinenetmbconv-49-best"
+    assert wf.config["postprocess"]["box_decoding"] == "tf1"
     source = theirs.state_dict()
     unpermuted = [k for k in source if not k.startswith(("head.classifier.", "head.box_regressor."))
                   and not k.endswith("num_batches_tracked")]  # all but the two predictors (3 tensors each)
@@ -455,13 +457,14 @@ def test_train_starts_from_converted_weights(converted, tmp_path, capsys):
 
 
 def test_docs_list_every_preset():
-    """docs/weights.md stays true to the code: each preset has a row with its status."""
+    """docs/weights.md stays true to the code: each preset has a row with its status (what CI checks, what not)."""
     from pathlib import Path
 
-    from spinenet.convert.presets import PRESETS
+    from spinenet.convert.presets import CHECKS, PRESETS, status
 
     text = (Path(__file__).resolve().parents[1] / "docs" / "weights.md").read_text()
+    for key, check in CHECKS.items():
+        assert f"| `{key}` | {check.part} | {check.what} |" in text, key
     for p in PRESETS.values():
         (row,) = [line for line in text.splitlines() if line.startswith(f"| `{p.name}` |")]
-        status = "verified" if p.verified else ("not supported" if not p.supported else "unverified")
-        assert status in row.split("|")[-2] and p.url in row, row
+        assert row.split("|")[-2].strip() == status(p) and p.url in row, row

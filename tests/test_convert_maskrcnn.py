@@ -1,10 +1,11 @@
 """`spinenet convert --task maskrcnn`: a TF1-layout Mask R-CNN checkpoint converts into ours with equal head outputs.
 
-No TF1 Mask R-CNN fixture exists, so the checkpoint is synthetic: a tiny Mask R-CNN written out by this file under
-the TF1 names (tensorflow/tpu ``heads.py``) in the TF1 layouts, which are spelled out here independently of the
-converter's own index maps: anchors stored in the order (1, 2, 0.5), box deltas (dy, dx, dh, dw), the box head's
-FC reading an NHWC (h, w, c) flatten, the transposed conv's [kh, kw, out, in] kernel. The references are computed
-from those TF1 arrays with TF1 semantics (numpy), so a wrong ordering in the converter fails.
+The official TF1 fixture is checked in tests/test_convert_tpu.py; this file adds a synthetic checkpoint of other
+widths (and a whole-model round trip): a tiny Mask R-CNN written out by this file under the TF1 names
+(tensorflow/tpu ``heads.py``) in the TF1 layouts, which are spelled out here independently of the converter's own
+index maps: anchors stored in the order (1, 2, 0.5), box deltas (dy, dx, dh, dw), the box head's FC reading an NHWC
+(h, w, c) flatten, the transposed conv's [kh, kw, out, in] kernel. The references are computed from those TF1
+arrays with TF1 semantics (numpy), so a wrong ordering in the converter fails.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ TF_RATIOS = (1.0, 2.0, 0.5)  # TF1 Mask R-CNN anchor order (Mask R-CNN config ``
 TF_DELTAS, OUR_DELTAS = ("dy", "dx", "dh", "dw"), ("dx", "dy", "dw", "dh")
 NUM_CLASSES, SIZE, EPS = 4, 128, 1e-3
 TINY = dict(num_classes=NUM_CLASSES, image_size=SIZE, filter_size_scale=0.125, endpoints_num_filters=16,
-            resample_alpha=0.5, head_width=8, box_fc_dim=16, activation="relu", bn_eps=EPS, flavor="tpu")
+            resample_alpha=0.5, head_width=8, box_fc_dim=16, activation="relu", bn_eps=EPS, flavor="tpu",
+            box_decoding="tf1")  # what `spinenet convert --source tpu` saves
 TINY_ARGS = ["--num-classes", str(NUM_CLASSES), "--activation", "relu", "--bn-eps", str(EPS),
              "--set", "filter_size_scale=0.125", "--set", "endpoints_num_filters=16", "--set", "resample_alpha=0.5",
              "--set", "head_width=8", "--set", "box_fc_dim=16", "--set", f"image_size={SIZE}"]
@@ -107,14 +109,15 @@ def _tf_bn_relu(x: np.ndarray, arrays: dict, name: str) -> np.ndarray:
 
 
 def _tf_decode(deltas: np.ndarray, boxes_yxyx: np.ndarray, weights: tuple[float, ...]) -> np.ndarray:
-    """TF1 ``box_utils.decode_boxes``: (dy, dx, dh, dw) against [ymin, xmin, ymax, xmax] boxes."""
+    """TF1 ``box_utils.decode_boxes``: (dy, dx, dh, dw) against [ymin, xmin, ymax, xmax] boxes, in the legacy
+    "+1" convention (h = ymax - ymin + 1, decoded ymax = ymin + h - 1; likewise x)."""
     dy, dx, dh, dw = (deltas[..., i] / weights[i] for i in range(4))
     clip = math.log(1000.0 / 16)
     dh, dw = np.minimum(dh, clip), np.minimum(dw, clip)
-    h, w = boxes_yxyx[..., 2] - boxes_yxyx[..., 0], boxes_yxyx[..., 3] - boxes_yxyx[..., 1]
+    h, w = boxes_yxyx[..., 2] - boxes_yxyx[..., 0] + 1, boxes_yxyx[..., 3] - boxes_yxyx[..., 1] + 1
     cy, cx = boxes_yxyx[..., 0] + 0.5 * h, boxes_yxyx[..., 1] + 0.5 * w
     cy, cx, h, w = dy * h + cy, dx * w + cx, np.exp(dh) * h, np.exp(dw) * w
-    return np.stack([cy - 0.5 * h, cx - 0.5 * w, cy + 0.5 * h, cx + 0.5 * w], axis=-1)
+    return np.stack([cy - 0.5 * h, cx - 0.5 * w, cy + 0.5 * h - 1, cx + 0.5 * w - 1], axis=-1)
 
 
 def close(ours, ref, what: str, tol: float = 1e-4) -> None:
@@ -247,5 +250,6 @@ def test_wrong_requests_fail_cleanly(converted, tmp_path):
         convert_checkpoint(tmp_path / "x", tmp_path / "o.safetensors", source="model_garden",
                            model="maskrcnn_spinenet49", task="maskrcnn")
     p = get_preset("maskrcnn-spinenet-190")
-    assert (p.task, p.model, p.activation, p.bn_eps, p.num_classes, p.verified) == \
-        ("maskrcnn", "maskrcnn_spinenet190", "swish", 1e-3, 91, False)
+    assert (p.task, p.model, p.activation, p.bn_eps, p.num_classes) == \
+        ("maskrcnn", "maskrcnn_spinenet190", "swish", 1e-3, 91)
+    assert any("7-conv" in gap for gap in p.gaps)  # the 190's heads have no fixture

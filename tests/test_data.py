@@ -594,11 +594,11 @@ def test_detection_task_tiles_training_windows_from_the_recipe(trees: Any) -> No
     from spinenet.tasks import get_task
 
     task = get_task("detection", model="retinanet_spinenet49s", data="trees:yell-train", val_data="trees:yell-val")
-    train, val = task.build_datasets(Recipe(extra={"tile_size": 320, "tile_overlap": 160, "val_tile_size": 400}))
+    train, val = task.build_datasets(Recipe().replace(tile_size=320, tile_overlap=160, val_tile_size=400))
     # stride 160: 14 x 7 windows of the top band, 6 x 7 of the bottom-left block, 7 x 6 of the small image
     assert (train.tile_size, train.overlap, len(train)) == (320, 160, 14 * 7 + 6 * 7 + 7 * 6)
     assert (val.tile_size, val.overlap, len(val)) == (400, 0, 9)  # the held-out tiles never overlap
-    plain, _ = task.build_datasets(Recipe(extra={"tile_size": 320}))
+    plain, _ = task.build_datasets(Recipe().replace(tile_size=320))
     assert (plain.overlap, len(plain)) == (0, 8 * 4 + 4 * 4 + 4 * 4)
 
 

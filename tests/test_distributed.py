@@ -64,7 +64,8 @@ def test_two_gloo_processes_lockstep_learn_and_resume_single(tmp_path, capsys):
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["final.pt", "last.pt"]
 
     # rank 0's checkpoint continues as a single-process run
-    args = ["train", *FLAGS, "--out", str(out), "--resume", *OVERRIDES, "steps=10", "log_every=1"]
+    args = ["train", *FLAGS, "--out", str(out), "--resume", *OVERRIDES, "steps=10", "log_every=1",
+            "checkpoint_every=4"]
     assert main(args) == 0
     assert load_checkpoint(out / "checkpoints" / "last.pt")["step"] == 10
     assert len(_losses(out / "metrics.csv")) == 10
@@ -79,7 +80,7 @@ def test_cli_nproc_launches_refuses_existing_folder_and_resumes(tmp_path, capsys
     assert dict(os.environ) == env_before  # the launcher leaves the caller's environment alone
     ckpt = load_checkpoint(out / "checkpoints" / "final.pt")
     assert ckpt["step"] == 2
-    assert ckpt["recipe"]["batch_size"] == 2
+    assert ckpt["recipe"]["data"]["batch_size"] == 2
     # a second launch into the same folder fails in every rank and returns the error code
     assert main(args) == 2
     # a distributed run resumes as a distributed run

@@ -31,22 +31,22 @@ def test_lr_schedule_warmup_step_cosine_and_linear():
     assert lr_factor(0, lin) == pytest.approx(0.1) and lr_factor(10, lin) == pytest.approx(0.55)
     assert lr_factor(20, lin) == 1.0 and lr_factor(45, lin) == pytest.approx(0.75)
     assert lr_factor(120, lin) == 0.0 and lr_factor(130, lin) == 0.0
-    with pytest.raises(ValueError, match="step, cosine or linear"):
+    with pytest.raises(ValueError, match="step, cosine, linear"):
         lr_factor(0, lin.replace(schedule="exp"))  # refused from the first step, not after warmup
 
 
 def test_overrides_are_typed_and_checked():
     r = parse_overrides(get_recipe("smoke"), ["steps=7", "lr=0.5", "lr_steps=0.5,0.9", "model.head_width=8"])
-    assert (r.steps, r.lr, r.lr_steps, r.extra["model.head_width"]) == (7, 0.5, (0.5, 0.9), 8)
+    assert (r.schedule.steps, r.optim.lr, r.schedule.lr_steps, r.model.head_width) == (7, 0.5, (0.5, 0.9), 8)
     with pytest.raises(ValueError, match="steps='x'"):
         parse_overrides(r, ["steps=x"])
     with pytest.raises(ValueError, match="not key=value"):
         parse_overrides(r, ["steps"])
     with pytest.raises(ValueError, match="unknown recipe"):
         get_recipe("protocol-z")
-    assert parse_overrides(r, ["channels_last=true"]).channels_last is True
-    assert parse_overrides(r, ["channels_last=0"]).channels_last is False
-    with pytest.raises(ValueError, match="channels_last='maybe': expected bool"):
+    assert parse_overrides(r, ["channels_last=true"]).optim.channels_last is True
+    assert parse_overrides(r, ["optim.channels_last=0"]).optim.channels_last is False
+    with pytest.raises(ValueError, match="channels_last='maybe': expected true or false"):
         parse_overrides(r, ["channels_last=maybe"])
 
 
@@ -116,7 +116,7 @@ def test_resume_is_exact_and_outputs_are_written(tmp_path):
     assert steps == [1, 2, 3, 4]
     for name in ("checkpoints/last.pt", "checkpoints/final.pt", "recipe.json", "curves.png"):
         assert (tmp_path / "b" / name).exists(), name
-    assert json.loads((tmp_path / "b" / "recipe.json").read_text())["steps"] == 4
+    assert json.loads((tmp_path / "b" / "recipe.json").read_text())["schedule"]["steps"] == 4
 
 
 def test_channels_last_trains_in_nhwc_and_resumes_exactly(tmp_path):
@@ -228,5 +228,5 @@ def test_ema_checkpoints_ship_the_average_and_resume_exactly(tmp_path):
     assert any(not torch.equal(trained[k], averaged[k]) for k in trained if trained[k].is_floating_point())
     # a run written without the average cannot silently resume with one
     _trainer(tmp_path / "c", 4).fit(stop_at=2)
-    with pytest.raises(ValueError, match="without ema_decay"):
+    with pytest.raises(ValueError, match=r"optim.ema_decay: 0.0 -> 0.5"):
         _trainer(tmp_path / "c", 4, resume=True, extra=ema).fit()

@@ -28,12 +28,14 @@ def test_trees_proxy_never_sees_the_final_block():
 def test_proxy_recipe_applies_the_paper_shrink(tmp_path):
     proxy = get_proxy("trees-cpu")
     recipe = proxy_recipe(proxy, tmp_path / "arch.json", seed=7, overrides={"steps": 12, "model.head_width": 32})
-    assert recipe.steps == 12 and recipe.seed == 7
-    assert recipe.extra["model.filter_size_scale"] == 0.25 and recipe.extra["model.resample_alpha"] == 0.25
-    assert recipe.extra["model.endpoints_num_filters"] == 64 and recipe.extra["model.head_width"] == 32
-    assert recipe.extra["model.block_specs"] == str(tmp_path / "arch.json")
+    assert recipe.schedule.steps == 12 and recipe.seed == 7
+    assert recipe.model.filter_size_scale == 0.25 and recipe.model.resample_alpha == 0.25
+    assert recipe.model.endpoints_num_filters == 64 and recipe.model.head_width == 32
+    assert recipe.model.block_specs == str(tmp_path / "arch.json")
+    with pytest.raises(ValueError, match="did you mean 'steps'"):  # trial options are checked like overrides
+        proxy_recipe(proxy, tmp_path / "arch.json", seed=7, overrides={"stpes": 12})
     coco = get_proxy("coco")
-    shrink = (coco.recipe.image_size, coco.filter_size_scale, coco.resample_alpha, coco.head_width)
+    shrink = (coco.recipe.data.image_size, coco.filter_size_scale, coco.resample_alpha, coco.head_width)
     assert shrink == (512, 0.25, 0.25, 64)
     with pytest.raises(ValueError, match="unknown proxy"):
         get_proxy("imagenet")

@@ -166,12 +166,12 @@ def test_eval_window_setting():
     from spinenet.tasks.segmentation import eval_window
 
     recipe = get_recipe("nuclei-cpu")
-    assert eval_window(recipe) == (recipe.image_size, 0.5)  # default: the training crop size
+    assert eval_window(recipe) == (recipe.data.image_size, 0.5)  # default: the training crop size
     assert eval_window(parse_overrides(recipe, ["eval_window=0", "eval_overlap=0.25"])) == (0, 0.25)
     assert eval_window(None) == (0, 0.5)
-    with pytest.raises(ValueError, match="eval_overlap"):
+    with pytest.raises(ValueError, match=r"eval.overlap=1.0 \(eval_overlap\) must be in \[0, 1\)"):
         eval_window(parse_overrides(recipe, ["eval_overlap=1"]))
-    with pytest.raises(ValueError, match="eval_window"):
+    with pytest.raises(ValueError, match=r"eval.window=-1 \(eval_window\) must be >= 0"):
         eval_window(parse_overrides(recipe, ["eval_window=-1"]))
 
 
@@ -186,7 +186,7 @@ def test_recipe_normalisation_reaches_training_and_evaluation(one_thread):
     recipe = parse_overrides(get_recipe("nuclei-cpu"), ["image_size=64", "gain=1", "gamma=1"])
     assert input_percentiles(recipe) == (1.0, 99.8)
     assert input_percentiles(parse_overrides(recipe, ["norm_high=none"])) is None
-    with pytest.raises(ValueError, match="norm_low"):
+    with pytest.raises(ValueError, match="data.norm_low=50.0, data.norm_high=10.0: need 0 <= norm_low"):
         input_percentiles(parse_overrides(recipe, ["norm_low=50", "norm_high=10"]))
     image, mask = segmentation_dataset_from_path("nuclei:right")[0]
     dim = image * 0.4 + 0.05

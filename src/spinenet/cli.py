@@ -96,7 +96,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.nproc is not None and "RANK" not in os.environ:  # the launcher: N copies of this command, DDP
         return launch_local(args.nproc, python_module_command(strip_nproc(args.argv)))
     args.task = TRAIN_TASKS[args.task]
-    recipe = parse_overrides(get_recipe(args.recipe or DEFAULT_RECIPES[args.task]), args.overrides)
+    base = get_recipe(args.recipe or DEFAULT_RECIPES[args.task]).for_task(args.task)  # smoke serves every task
+    recipe = parse_overrides(base, args.overrides)  # checked before anything is written
     if args.task == "detection":
         task_kwargs = {"classes": args.classes} if args.classes else {}
     elif args.classes:
@@ -139,11 +140,12 @@ def _load_for_inference(path: str, device: str | None, ckpt: dict | None = None)
 
 
 def _detection_image_size(args: argparse.Namespace, ckpt: dict) -> int | None:
-    """``--image-size``, else the size the run evaluated itself at (its recipe's ``eval_image_size``), else
+    """``--image-size``, else the size the run evaluated itself at (its recipe's ``eval.image_size``), else
     ``None`` (the model's training size)."""
+    from .engine import Recipe
     from .tasks.detection import eval_image_size
 
-    return args.image_size or eval_image_size(ckpt.get("recipe", {}).get("extra", {}))
+    return args.image_size or eval_image_size(Recipe.from_dict(ckpt.get("recipe") or {}, source=args.checkpoint))
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -240,12 +242,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def cmd_convert(args: argparse.Namespace) -> int:
     from .convert.api import convert_checkpoint, parse_set
-    from .convert.presets import PRESETS
+    from .convert.presets import PRESETS, get_preset, status
 
     if args.list_presets:
         for p in PRESETS.values():
-            mark = "verified" if p.verified else ("not supported" if not p.supported else "unverified")
-            print(f"{p.name:26s} {p.source:12s} {p.task:14s} {p.model:30s} {mark:13s} {p.metric}")
+            print(f"{p.name:26s} {p.source:12s} {p.task:14s} {p.model:30s} {p.metric}")
+            print(f"    {status(p) if p.supported else 'not supported: ' + p.note}")
         return 0
     if not args.checkpoint or not args.output:
         raise ValueError("give CKPT and -o OUT.safetensors (or --list-presets)")
@@ -261,6 +263,8 @@ def cmd_convert(args: argparse.Namespace) -> int:
         print(f"  of the unused: {len(slots)} optimizer/moving-average slots (e.g. {slots[0]})")
     for key in [k for k in result.report.unused if k not in set(slots)][:10]:
         print(f"  unused: {key}")
+    if args.preset:
+        print(f"{args.preset} against the official code in CI: {status(get_preset(args.preset))}")
     print(f"wrote {result.path}")
     return 0
 
@@ -363,7 +367,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nproc", type=int, metavar="N",
                    help="data-parallel training in N local processes (DDP: NCCL on CUDA, gloo on CPU; batch_size "
                         "is per process); or start the command with torchrun (docs/distributed.md)")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="recipe fields, e.g. steps=200 lr=0.05")
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="recipe settings: section.field=value or a field's name, e.g. optim.lr=0.05 "
+                        "model.filter_size_scale=0.5 steps=200 (docs/training.md)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="metrics of a checkpoint on a dataset (COCO AP, top-1/top-5, or IoU by its task)")
@@ -373,7 +379,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="detection: write COCO results JSON here; classification / segmentation: a folder "
                    "for metrics.json and confusion_matrix.png / overlays/")
     p.add_argument("--image-size", type=int, help="resize the long side to this (e.g. the images' native size); "
-                   "default: the recipe's eval_image_size for detection, else the training size")
+                   "default: the recipe's eval.image_size for detection, else the training size")
     p.add_argument("--device")
     p.set_defaults(func=cmd_eval)
 
@@ -386,7 +392,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--score-thresh", type=float, default=0.3,
                    help="keep detections at or above this score (also lowers the model's own 0.05 if smaller)")
     p.add_argument("--image-size", type=int, help="resize the long side to this; default: the recipe's "
-                   "eval_image_size for detection, else the training size")
+                   "eval.image_size for detection, else the training size")
     p.add_argument("--device")
     p.set_defaults(func=cmd_predict)
 
@@ -394,8 +400,9 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Convert a TF1 (tensorflow/tpu) or Model Garden SpineNet checkpoint. CKPT is a "
                        "checkpoint prefix, its .index file, a folder or the released .tar.gz. Every tensor must map "
                        "(missing tensors or shape mismatches fail and write nothing); the output's metadata holds the "
-                       "full model configuration. TF1 Mask R-CNN checkpoints convert with --task maskrcnn "
-                       "(unverified: no fixture). See docs/weights.md.")
+                       "full model configuration. TF1 Mask R-CNN checkpoints convert with --task maskrcnn. With "
+                       "--preset it also prints what CI checks of that release against the official code. See "
+                       "docs/weights.md.")
     p.add_argument("checkpoint", nargs="?", metavar="CKPT")
     p.add_argument("-o", "--output", metavar="OUT.safetensors")
     p.add_argument("--preset", help="a released checkpoint's settings (spinenet convert --list-presets)")

@@ -5,7 +5,9 @@
 (:mod:`.mapping`, :mod:`.detection_mapping`, :mod:`.maskrcnn_mapping`, :mod:`.classification_mapping`) through
 :func:`~spinenet.convert.load.apply_tf_weights` (all or nothing: any missing tensor or shape mismatch raises
 and nothing is written), and saves the weights with the full configuration in the metadata
-(:mod:`.weights`). No TensorFlow is needed: :class:`~spinenet.convert.tf_checkpoint.TFCheckpoint` reads the files.
+(:mod:`.weights`). Detectors converted from TF1 (``--source tpu``) save ``box_decoding="tf1"``, so they decode
+and clip their boxes as the TF1 code does (:mod:`spinenet.models.tf1_boxes`). No TensorFlow is needed:
+:class:`~spinenet.convert.tf_checkpoint.TFCheckpoint` reads the files.
 
 The checkpoint may be a prefix (``model.ckpt``, ``ckpt-231000``), its ``.index`` file, a folder holding one
 checkpoint, or a released ``.tar.gz`` (extracted to a temporary folder).
@@ -212,6 +214,9 @@ def convert_checkpoint(checkpoint: str | os.PathLike, output: str | os.PathLike,
         eps, momentum = BN_DEFAULTS[(source, task)]
         settings.setdefault("bn_eps", eps)
         settings.setdefault("bn_momentum", momentum)
+    if source == "tpu" and task in ("retinanet", "maskrcnn"):
+        # decode as the TF1 code does ("+1" boxes, clipping to the last pixel; spinenet.models.tf1_boxes)
+        settings.setdefault("box_decoding", "tf1")
     explicit = {"num_classes": num_classes, "activation": activation, "bn_eps": bn_eps}
     settings.update({k: v for k, v in explicit.items() if v is not None})
     settings.update(overrides or {})

@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from .checkpoint import atomic_save, load_checkpoint, rng_state, set_rng_state
 from .ema import WeightEMA
-from .recipes import Recipe
+from .config import Recipe
 from .sampler import Augmented, ResumableBatchSampler
 
 
@@ -95,17 +95,19 @@ def freeze_batchnorm(model: nn.Module) -> None:
 
 
 def lr_factor(step: int, recipe: Recipe) -> float:
-    """Linear warmup from ``warmup_factor`` to 1, then step decay (x0.1 per boundary), cosine to 0 or linear to 0."""
-    if recipe.schedule not in ("step", "cosine", "linear"):
-        raise ValueError(f"schedule={recipe.schedule!r}: expected step, cosine or linear")
-    if recipe.warmup_steps and step < recipe.warmup_steps:
-        alpha = step / recipe.warmup_steps
-        return recipe.warmup_factor * (1 - alpha) + alpha
-    if recipe.schedule == "step":
-        return 0.1 ** sum(step >= b * recipe.steps for b in recipe.lr_steps)
-    span = max(recipe.steps - recipe.warmup_steps, 1)
-    done = min(step - recipe.warmup_steps, span) / span  # fraction of the decay behind us
-    return 0.5 * (1 + math.cos(math.pi * done)) if recipe.schedule == "cosine" else 1.0 - done
+    """Linear warmup from ``warmup_factor`` to 1, then step decay (x0.1 per boundary), cosine to 0 or linear to 0
+    (the recipe's ``schedule`` section)."""
+    s = recipe.schedule
+    if s.decay not in ("step", "cosine", "linear"):
+        raise ValueError(f"schedule.decay={s.decay!r}: expected step, cosine or linear")
+    if s.warmup_steps and step < s.warmup_steps:
+        alpha = step / s.warmup_steps
+        return s.warmup_factor * (1 - alpha) + alpha
+    if s.decay == "step":
+        return 0.1 ** sum(step >= b * s.steps for b in s.lr_steps)
+    span = max(s.steps - s.warmup_steps, 1)
+    done = min(step - s.warmup_steps, span) / span  # fraction of the decay behind us
+    return 0.5 * (1 + math.cos(math.pi * done)) if s.decay == "cosine" else 1.0 - done
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -127,12 +129,13 @@ def build_optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Optimizer:
     """SGD with momentum, or AdamW with betas ``(momentum, 0.999)``; either way weight decay on conv/linear weights
     only (:func:`param_groups`). AdamW's decay is decoupled (``lr * weight_decay`` per step), so it takes much larger
     ``weight_decay`` values than SGD's L2 term (0.05 is usual)."""
-    groups = param_groups(model, recipe.weight_decay)
-    if recipe.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=recipe.lr, momentum=recipe.momentum)
-    if recipe.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=recipe.lr, betas=(recipe.momentum, 0.999))
-    raise ValueError(f"recipe field optimizer={recipe.optimizer!r} is not known; use one of {', '.join(OPTIMIZERS)}")
+    o = recipe.optim
+    groups = param_groups(model, o.weight_decay)
+    if o.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum)
+    if o.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=o.lr, betas=(o.momentum, 0.999))
+    raise ValueError(f"recipe field optimizer={o.optimizer!r} is not known; use one of {', '.join(OPTIMIZERS)}")
 
 
 class Trainer:
@@ -150,45 +153,69 @@ class Trainer:
         if resume and not self.last.is_file():
             raise FileNotFoundError(f"--resume: no checkpoint at {self.last}; start without --resume")
         self.resume = resume
+        # read once: checked here, before anything is written, and restored by _setup
+        self._resume_state = self._check_resume(load_checkpoint(self.last, map_location="cpu")) if resume else None
         if self.dist.world_size > 1:  # every rank checks the folder before rank 0 writes into it
             torch.distributed.barrier()
+
+    def _check_resume(self, ckpt: dict[str, Any]) -> dict[str, Any]:
+        """Refuse to resume with another task, model or recipe: only ``steps`` may change (to extend the run, or to
+        finish it earlier than planned, but not before the step the checkpoint reached)."""
+        where = f"--resume: {self.last}"
+        if ckpt["task"] != self.task.name:
+            raise ValueError(f"{where} holds a {ckpt['task']} run; resume it with --task {ckpt['task']}")
+        trained = (ckpt.get("model_config") or {}).get("name")
+        wanted = getattr(self.task, "model_name", None)
+        if trained and wanted and trained != wanted:
+            raise ValueError(f"{where} was trained with --model {trained}, not {wanted}; resume with --model "
+                             f"{trained}, or start a new run with another --out")
+        before = Recipe.from_dict(ckpt.get("recipe") or {}, source=str(self.last))
+        changed = [(k, old, new) for k, old, new in before.diff(self.recipe) if k != "schedule.steps"]
+        if changed:
+            listed = ", ".join(f"{k}: {old!r} -> {new!r}" for k, old, new in changed)
+            raise ValueError(f"{where} was trained with other settings ({listed}); resume with the run's settings "
+                             f"(its recipe.json): only steps may change")
+        if self.recipe.schedule.steps < ckpt["step"]:
+            raise ValueError(f"{where} is at step {ckpt['step']}; steps={self.recipe.schedule.steps} is behind it")
+        return ckpt
 
     # ------------------------------------------------------------------------------------------------ set-up
     def _setup(self) -> None:
         r = self.recipe
-        if not 0.0 <= r.bn_freeze <= 1.0:
-            raise ValueError(f"recipe field bn_freeze={r.bn_freeze}: give the fraction of the steps, at the end, "
-                             "that train with BatchNorm frozen, in [0, 1]")
         torch.manual_seed(r.seed)
         self.train_set, self.val_set = self.task.build_datasets(r)
         self.model = self.task.build_model(r, self.train_set).to(self.device)
-        if r.zero_init_residual and not self.resume:  # --resume loads the weights anyway
+        if r.model.zero_init_residual and not self.resume:  # --resume loads the weights anyway
             from ..backbone import zero_init_residual
 
             zero_init_residual(self.model)
-        if r.channels_last:  # convolutions then pick NHWC kernels for NCHW inputs too; state_dict is unchanged
+        if r.optim.channels_last:  # convolutions then pick NHWC kernels for NCHW inputs too; state_dict is unchanged
             self.model = self.model.to(memory_format=torch.channels_last)
-        if r.extra.get("init_weights") and not self.resume:  # fine-tuning: spinenet-weights/1 file (docs/weights.md)
+        if r.model.init_weights and not self.resume:  # fine-tuning: spinenet-weights/1 file (docs/weights.md)
             from ..weights import load_pretrained
 
-            report = load_pretrained(self.model, str(r.extra["init_weights"]))
+            report = load_pretrained(self.model, r.model.init_weights)
             if self.dist.is_main:
                 print(f"init_weights: {report.summary()}")
         if self.dist.world_size > 1 and self.device.type == "cuda":
             # the official SyncBN; torch has no CPU SyncBatchNorm, so CPU runs keep per-process BN statistics
             self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
         self.model_core = self.model
-        self.ema = WeightEMA(self.model_core, r.ema_decay) if r.ema_decay else None
+        self.ema = WeightEMA(self.model_core, r.optim.ema_decay) if r.optim.ema_decay else None
         if self.dist.world_size > 1:
             self.model = nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         self.optimizer = build_optimizer(self.model_core, r)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_factor(s, r))
-        self.scaler = torch.amp.GradScaler("cuda", enabled=r.precision == "fp16" and self.device.type == "cuda")
+        self.scaler = torch.amp.GradScaler("cuda", enabled=r.optim.precision == "fp16" and self.device.type == "cuda")
         self.step = 0
         if self.resume:
-            ckpt = load_checkpoint(self.last, map_location=self.device)
-            self.model_core.load_state_dict(ckpt.get("train_model", ckpt["model"]))
+            ckpt, self._resume_state = self._resume_state, None
+            try:
+                self.model_core.load_state_dict(ckpt.get("train_model", ckpt["model"]))
+            except RuntimeError as err:  # the model's name and recipe matched, so the file itself differs
+                raise ValueError(f"--resume: the weights in {self.last} do not fit the model built for this run "
+                                 f"({str(err).splitlines()[0]})") from None
             if self.ema is not None:
                 if "train_model" not in ckpt:
                     raise ValueError(f"--resume: {self.last} was written without ema_decay; resume with the same "
@@ -205,10 +232,10 @@ class Trainer:
 
     def _loader(self) -> DataLoader:
         r = self.recipe
-        sampler = ResumableBatchSampler(len(self.train_set), r.batch_size, r.seed, self.step, self.dist.rank,
+        sampler = ResumableBatchSampler(len(self.train_set), r.data.batch_size, r.seed, self.step, self.dist.rank,
                                         self.dist.world_size)
         return DataLoader(Augmented(self.train_set, self.task.train_transform(r)), batch_sampler=sampler,
-                          collate_fn=self.task.collate, num_workers=r.num_workers,
+                          collate_fn=self.task.collate, num_workers=r.data.num_workers,
                           generator=torch.Generator().manual_seed(r.seed),  # keeps the global RNG untouched
                           persistent_workers=False)
 
@@ -287,28 +314,31 @@ class Trainer:
 
     # -------------------------------------------------------------------------------------------------- train
     def fit(self, stop_at: int | None = None) -> dict[str, Any]:
-        """Train to ``recipe.steps``, evaluating every ``eval_every`` steps and at the end.
+        """Train to ``schedule.steps``, evaluating every ``eval.every`` steps and at the end.
 
         ``stop_at`` ends the run early after that step with a checkpoint, as an interruption would (tests, time
         budgets); ``--resume`` then continues it exactly.
         """
         r = self.recipe
+        self._setup()  # data, model and optimizer first: a run folder only once they could be built
         if self.dist.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
-            (self.out / "recipe.json").write_text(json.dumps(r.to_dict(), indent=2) + "\n")
-        self._setup()
+            tmp = self.out / ".recipe.json.tmp"
+            tmp.write_text(json.dumps(r.to_dict(), indent=2) + "\n")
+            os.replace(tmp, self.out / "recipe.json")
         self._truncate_log()
         self.tb = self._open_tensorboard()
         metrics: dict[str, float] = {}
         from tqdm import tqdm
 
-        bar = tqdm(total=r.steps, initial=self.step, disable=not (self.progress and self.dist.is_main),
+        steps, sched = r.schedule.steps, r.schedule
+        bar = tqdm(total=steps, initial=self.step, disable=not (self.progress and self.dist.is_main),
                    dynamic_ncols=True, desc=f"{self.task.name}")
         self.model.train()
-        freeze_from = r.steps - round(r.bn_freeze * r.steps)
+        freeze_from = steps - round(sched.bn_freeze * steps)
         loader = iter(self._loader())
         tick, seen = time.perf_counter(), 0
-        while self.step < r.steps:
+        while self.step < steps:
             if stop_at is not None and self.step >= stop_at:
                 self.save()
                 bar.close()
@@ -316,25 +346,25 @@ class Trainer:
             if self.step >= freeze_from:
                 freeze_batchnorm(self.model)  # again after every evaluation, which sets train mode
             batch = next(loader)
-            with autocast_context(self.device, r.precision):
+            with autocast_context(self.device, r.optim.precision):
                 losses = self.task.loss(self.model, batch, self.device)
             loss = losses["loss"]
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"loss is {loss.item()} at step {self.step}; lower lr= or check the data")
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
-            if r.grad_clip:
+            if r.optim.grad_clip:
                 self.scaler.unscale_(self.optimizer)
-                nn.utils.clip_grad_norm_(self.model.parameters(), r.grad_clip)
+                nn.utils.clip_grad_norm_(self.model.parameters(), r.optim.grad_clip)
             self.scaler.step(self.optimizer)
             self.scaler.update()
             self.scheduler.step()
             if self.ema is not None:
                 self.ema.update(self.model_core)
             self.step += 1
-            seen += r.batch_size * self.dist.world_size
+            seen += r.data.batch_size * self.dist.world_size
             bar.update(1)
-            if self.step % r.log_every == 0 or self.step == r.steps:
+            if self.step % sched.log_every == 0 or self.step == steps:
                 now = time.perf_counter()
                 row = {"step": self.step, "lr": self.optimizer.param_groups[0]["lr"], "loss": float(loss.detach()),
                        "images_per_s": seen / max(now - tick, 1e-9)}
@@ -342,9 +372,9 @@ class Trainer:
                 bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{row['lr']:.4g}", img_s=f"{row['images_per_s']:.1f}")
                 self._log(row)
                 tick, seen = now, 0
-            if r.eval_every and self.step % r.eval_every == 0 and self.step < r.steps:
+            if r.eval.every and self.step % r.eval.every == 0 and self.step < steps:
                 metrics = self.evaluate()
-            if self.step % r.checkpoint_every == 0 or self.step == r.steps:
+            if self.step % sched.checkpoint_every == 0 or self.step == steps:
                 self.save()
         bar.close()
         metrics = self.evaluate()
@@ -360,7 +390,7 @@ class Trainer:
 
     @property
     def eval_model(self) -> nn.Module:
-        """The weights evaluation and checkpoints use: the moving average when ``ema_decay`` > 0."""
+        """The weights evaluation and checkpoints use: the moving average when ``optim.ema_decay`` > 0."""
         return self.ema.module if self.ema is not None else self.model_core
 
     def evaluate(self) -> dict[str, float]:
@@ -368,7 +398,7 @@ class Trainer:
             return {}
         model = self.eval_model
         model.eval()
-        with torch.no_grad(), autocast_context(self.device, self.recipe.precision):
+        with torch.no_grad(), autocast_context(self.device, self.recipe.optim.precision):
             metrics = self.task.evaluate(model, self.val_set, self.device, self.recipe)
         self.model_core.train()
         self._log({"step": self.step, **{f"val_{k}": v for k, v in metrics.items()}})

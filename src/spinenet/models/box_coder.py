@@ -11,6 +11,7 @@ Deltas of a box ``(yc, xc, h, w)`` against an anchor ``(yc_a, xc_a, h_a, w_a)``,
 ``dy = (yc - yc_a) / h_a``, ``dx = (xc - xc_a) / w_a``, ``dh = log(h / h_a)``, ``dw = log(w / w_a)``.
 Decoding caps ``dh`` and ``dw`` at ``log(1000 / 16)`` (official ``BBOX_XFORM_CLIP``) so ``exp`` cannot blow
 up, and rebuilds the box as ``ymin = yc - h / 2``, ``ymax = ymin + h`` (same for x), the official arithmetic.
+Detectors converted from TF1 checkpoints decode with the TF1 "+1" variant instead (:mod:`.tf1_boxes`).
 """
 
 from __future__ import annotations
@@ -62,3 +63,10 @@ class BoxCoder:
         h, w = torch.exp(dh) * ha, torch.exp(dw) * wa
         ymin, xmin = yc - 0.5 * h, xc - 0.5 * w
         return torch.stack([xmin, ymin, xmin + w, ymin + h], dim=-1)
+
+    def clip_boxes(self, boxes: torch.Tensor, image_shape: tuple[int, int]) -> torch.Tensor:
+        """Clip xyxy boxes to ``[0, W] x [0, H]`` (``image_shape`` = (H, W)), as Model Garden's ``clip_boxes``."""
+        height, width = image_shape
+        x1, y1, x2, y2 = boxes.unbind(-1)
+        return torch.stack([x1.clamp(0, width), y1.clamp(0, height), x2.clamp(0, width), y2.clamp(0, height)],
+                           dim=-1)

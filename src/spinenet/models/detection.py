@@ -13,7 +13,9 @@ coordinates in eval mode).
 Post-processing follows Model Garden's ``MultilevelDetectionGenerator`` (nms_version v2), not torchvision's
 per-level variant: decode every anchor, clip to the (resized) image, score = sigmoid with logit 0 (background)
 dropped, per class keep the ``topk_candidates`` best anchors over all levels with score > ``score_thresh``,
-class-wise NMS at ``nms_thresh``, then the ``detections_per_img`` best overall. Known differences: torchvision's
+class-wise NMS at ``nms_thresh``, then the ``detections_per_img`` best overall. ``box_decoding="tf1"`` (what
+``spinenet convert --source tpu`` saves) decodes and clips with the TF1 "+1" convention instead
+(:mod:`.tf1_boxes`). Known differences: torchvision's
 NMS suppresses IoU > threshold where the official one suppresses IoU >= threshold, and the official NMS also
 drops boxes whose four coordinates are all 0 -- both only matter on exact ties.
 
@@ -44,13 +46,16 @@ from .base import TaskModel, load_weights, training_overrides
 from .box_coder import BoxCoder
 from .retinanet_head import RetinaNetHead
 from .retinanet_loss import retinanet_loss
+from .tf1_boxes import TF1BoxCoder, check_box_decoding
 
 DETECTOR_FORMAT = "spinenet-detector/1"
 ASPECT_RATIOS = (0.5, 1.0, 2.0)
 NUM_SCALES = 3
 # Official RetinaNet settings (spec 7.2 / 7.3, Model Garden MultilevelDetectionGenerator defaults).
-POSTPROCESS_DEFAULTS: dict[str, float | int] = {"score_thresh": 0.05, "nms_thresh": 0.5, "detections_per_img": 100,
-                                                "topk_candidates": 5000}
+# ``box_decoding``: "standard" (Model Garden) or "tf1" (tensorflow/tpu "+1" convention, :mod:`.tf1_boxes`).
+POSTPROCESS_DEFAULTS: dict[str, float | int | str] = {"score_thresh": 0.05, "nms_thresh": 0.5,
+                                                      "detections_per_img": 100, "topk_candidates": 5000,
+                                                      "box_decoding": "standard"}
 LOSS_DEFAULTS: dict[str, float] = {"focal_alpha": 0.25, "focal_gamma": 1.5, "huber_delta": 0.1,
                                    "box_loss_weight": 50.0}
 # Anchor labelling: "iou" is the official rule (IoU >= 0.5, plus each box's best anchor); "atss" the optional
@@ -201,7 +206,8 @@ class SpineNetRetinaNet(TaskModel, RetinaNet):
 
     def __init__(self, backbone: SpineNet, head: RetinaNetHead, anchors: MultilevelAnchors, num_classes: int,
                  image_size: int, *, score_thresh: float = 0.05, nms_thresh: float = 0.5,
-                 detections_per_img: int = 100, topk_candidates: int = 5000, focal_alpha: float = 0.25,
+                 detections_per_img: int = 100, topk_candidates: int = 5000, box_decoding: str = "standard",
+                 focal_alpha: float = 0.25,
                  focal_gamma: float = 1.5, huber_delta: float = 0.1, box_loss_weight: float = 50.0,
                  matcher: str = "iou", atss_topk: int = DEFAULT_TOPK, config: dict[str, Any] | None = None) -> None:
         super().__init__(backbone, num_classes, min_size=image_size, max_size=image_size, head=head,
@@ -213,7 +219,9 @@ class SpineNetRetinaNet(TaskModel, RetinaNet):
         t = self.transform
         self.transform = _Transform(image_size, image_size, t.image_mean, t.image_std,
                                     size_divisible=backbone.size_divisibility)
-        self.box_coder = BoxCoder()
+        # configs saved before box_decoding existed decode the standard way
+        self.box_decoding = check_box_decoding(box_decoding, "detector")
+        self.box_coder = TF1BoxCoder() if box_decoding == "tf1" else BoxCoder()
         self.num_classes = num_classes
         self.loss_settings = {"focal_alpha": focal_alpha, "focal_gamma": focal_gamma, "huber_delta": huber_delta,
                               "box_loss_weight": box_loss_weight}
@@ -253,7 +261,7 @@ class SpineNetRetinaNet(TaskModel, RetinaNet):
         cls_logits = cls_logits.float()  # scores compared to thresholds and ranked in float32
         detections = []
         for i, image_shape in enumerate(image_shapes):
-            boxes = clip_boxes_to_image(self.box_coder.decode(box_deltas[i], torch.cat(anchors[i])), image_shape)
+            boxes = self.box_coder.clip_boxes(self.box_coder.decode(box_deltas[i], torch.cat(anchors[i])), image_shape)
             scores = torch.sigmoid(cls_logits[i][:, 1:])  # logit 0 is background / unused
             b, s, labels = select_detections(boxes, scores, self.score_thresh, self.nms_thresh, self.topk_candidates,
                                              self.detections_per_img)
@@ -341,8 +349,7 @@ class DetectorExport(nn.Module):
         logits = RetinaNetHead.flatten(cls_maps, self.num_classes).float()  # [N, A, K]
         deltas = RetinaNetHead.flatten(box_maps, 4)
         boxes = self.box_coder.decode(deltas, self.anchors)  # [N, A, 4] xyxy
-        boxes = torch.stack([boxes[..., 0].clamp(0, width), boxes[..., 1].clamp(0, height),
-                             boxes[..., 2].clamp(0, width), boxes[..., 3].clamp(0, height)], dim=-1)
+        boxes = self.box_coder.clip_boxes(boxes, (height, width))  # the detector's decoding (standard or TF1)
         fg = self.num_classes - 1
         scores = torch.sigmoid(logits[..., 1:]).reshape(logits.shape[0], -1)  # index = anchor * fg + class
         k = min(self.pre_nms_top_k, scores.shape[1])
@@ -399,6 +406,7 @@ def create_detector(name: str, *, num_classes: int | None = None, image_size: in
     gives 91, as the official configs). ``image_size`` is the long side images are resized to (default: the
     row's 640 / 1024 / 1280 / 384 / 256). ``overrides``: detector-level ``head_convs``, ``head_width``,
     ``anchor_size``, ``score_thresh``, ``nms_thresh``, ``detections_per_img``, ``topk_candidates``,
+    ``box_decoding`` (``"standard"``, or ``"tf1"`` for TF1-trained weights, :mod:`.tf1_boxes`),
     ``focal_alpha``, ``focal_gamma``, ``huber_delta``, ``box_loss_weight``, ``matcher`` (``"iou"``, the official
     rule, or ``"atss"``, :mod:`.atss`), ``atss_topk``; everything else goes to
     :func:`spinenet.create_model` for the backbone (``flavor``, ``activation``, ``filter_size_scale``,

@@ -28,7 +28,9 @@ eps 1e-3 (PyTorch momentum 0.01), relu (swish for 190), as the yamls.
 torchvision supplies the rest, with the official settings where they are exposed: RPN matching 0.7 / 0.3,
 256 anchors per image at half positives; the best 2000 (test: 1000) proposals per level before NMS 0.7, 1000 kept;
 512 RoIs per image at a quarter positives (IoU 0.5); detections score > 0.05, NMS 0.5, 100 per image; masks
-binarised at 0.5 after pasting; ground-truth boxes join the RoI candidates (official ``mix_gt_boxes``). Known
+binarised at 0.5 after pasting; ground-truth boxes join the RoI candidates (official ``mix_gt_boxes``). Boxes decode
+and clip the torchvision way, or with ``box_decoding="tf1"`` (what ``spinenet convert --source tpu`` saves) as the
+TF1 code does (:mod:`.tf1_boxes`: "+1" convention, clipping to the last pixel). Known
 differences, not replicated: torchvision's RPN codes deltas as (dx, dy, dw, dh) where the official code uses
 (dy, dx, dh, dw) (only a channel order, irrelevant when training from scratch), and its Fast R-CNN box loss is
 smooth-L1 with beta 1/9 (official Huber delta 1.0).
@@ -59,6 +61,7 @@ from .anchors import MultilevelAnchors
 from .base import TaskModel, load_weights, training_overrides
 from .detection import ASPECT_RATIOS, _positive_int, _Transform, detector_backbone_config, register_detector, \
     register_detector_family
+from .tf1_boxes import check_box_decoding, use_tf1_decoding
 
 MASKRCNN_FORMAT = "spinenet-maskrcnn/1"
 BOX_POOL_SIZE = 7  # RoIAlign output of the box head (official and torchvision)
@@ -71,6 +74,7 @@ MASKRCNN_DEFAULTS: dict[str, float | int] = {
     "rpn_positive_fraction": 0.5, "box_batch_size_per_image": 512, "box_positive_fraction": 0.25,
     "box_fg_iou_thresh": 0.5, "box_bg_iou_thresh": 0.5, "box_score_thresh": 0.05, "box_nms_thresh": 0.5,
     "box_detections_per_img": 100,
+    "box_decoding": "standard",  # or "tf1": TF1's "+1" decoding and clipping (.tf1_boxes), read by SpineNetMaskRCNN
 }
 HEAD_FIELDS = ("rpn_convs", "rpn_width", "box_convs", "box_width", "box_fcs", "box_fc_dim", "mask_convs",
                "mask_width")
@@ -234,7 +238,8 @@ class SpineNetMaskRCNN(TaskModel, MaskRCNN):
 
     def __init__(self, backbone: nn.Module, anchors: MultilevelAnchors, rpn_head: RPNHead, box_head: BoxHead,
                  mask_head: MaskHead, num_classes: int, image_size: int, mask_width: int, activation: str,
-                 bn_eps: float, bn_momentum: float, config: dict[str, Any] | None = None, **settings: Any) -> None:
+                 bn_eps: float, bn_momentum: float, config: dict[str, Any] | None = None,
+                 box_decoding: str = "standard", **settings: Any) -> None:
         levels = [str(level) for level in anchors.levels]
         super().__init__(
             backbone, num_classes=None, min_size=image_size, max_size=image_size, rpn_head=rpn_head,
@@ -254,6 +259,10 @@ class SpineNetMaskRCNN(TaskModel, MaskRCNN):
         nn.init.normal_(predictor.bbox_pred.weight, std=0.001)
         nn.init.zeros_(predictor.cls_score.bias)
         nn.init.zeros_(predictor.bbox_pred.bias)
+        # configs saved before box_decoding existed decode the standard (torchvision) way
+        self.box_decoding = check_box_decoding(box_decoding, "Mask R-CNN")
+        if box_decoding == "tf1":
+            use_tf1_decoding(self.rpn, self.roi_heads)
         self.num_classes = num_classes
         self.config = dict(config or {})
 
@@ -385,6 +394,8 @@ class MaskRCNNExport(nn.Module):
         self.score_thresh, self.nms_thresh = float(heads.score_thresh), float(heads.nms_thresh)
         self.detections_per_img, self.pre_nms_top_k = int(heads.detections_per_img), int(pre_nms_top_k)
         self.num_classes = int(model.num_classes)
+        # the coders above decode as the model does (standard or TF1); TF1 clips to the last pixel
+        self.clip_size = (height - 1, width - 1) if model.box_decoding == "tf1" else (height, width)
 
     def pool(self, features: list[torch.Tensor], boxes: torch.Tensor, output_size: int) -> torch.Tensor:
         """RoIAlign of ``boxes [N, R, 4]`` from the level torchvision's ``MultiScaleRoIAlign`` picks:
@@ -420,7 +431,7 @@ class MaskRCNNExport(nn.Module):
         top = torch.cat(tops, dim=1)  # [N, K]
         level = torch.cat(levels).unsqueeze(0).expand_as(top)
         scores = torch.sigmoid(torch.gather(objectness, 1, top))
-        boxes = _clip(torch.gather(boxes, 1, top.unsqueeze(-1).expand(-1, -1, 4)), self.size)
+        boxes = _clip(torch.gather(boxes, 1, top.unsqueeze(-1).expand(-1, -1, 4)), self.clip_size)
         valid = _not_small(boxes, self.rpn_min_size)
         num_groups = len(self.levels) + 1  # the last group holds the dropped boxes, so they suppress nothing
         batch = torch.arange(n, device=top.device).unsqueeze(1)
@@ -439,7 +450,7 @@ class MaskRCNNExport(nn.Module):
         class_logits, box_regression = self.box_predictor(self.box_head(self.pool(features, proposals, 7)))
         fg = self.num_classes - 1
         boxes = self.box_coder.decode_single(box_regression, proposals.reshape(-1, 4))
-        boxes = _clip(boxes.view(n, p, self.num_classes, 4)[:, :, 1:], self.size)  # [N, P, fg, 4]
+        boxes = _clip(boxes.view(n, p, self.num_classes, 4)[:, :, 1:], self.clip_size)  # [N, P, fg, 4]
         scores = torch.softmax(class_logits, -1).view(n, p, self.num_classes)[:, :, 1:]
         valid = proposal_valid.unsqueeze(-1) & (scores > self.score_thresh) & _not_small(boxes, 1e-2)
         scores, boxes, valid = scores.reshape(n, -1), boxes.reshape(n, -1, 4), valid.reshape(n, -1)

@@ -18,13 +18,13 @@ An optional compute-aware reward multiplies AP by ``(MACs / target_macs) ** macs
 from __future__ import annotations
 
 import shutil
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from torch.utils.data import Dataset
 
-from ..engine.recipes import Recipe
+from ..engine.config import DetectionData, DetectionModel, OptimConfig, Recipe, ScheduleConfig
 from ..specs import Architecture
 from ..tasks.detection import DetectionTask
 
@@ -45,7 +45,6 @@ class Proxy:
     val_data: str | None = None
     metric: str = "AP50"
     description: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def model_overrides(self) -> dict[str, Any]:
         """Backbone and head overrides of ``create_detector`` (the paper's proxy shrink)."""
@@ -57,9 +56,11 @@ class Proxy:
 PROXIES: dict[str, Proxy] = {
     "trees-cpu": Proxy(
         "trees-cpu",
-        Recipe("search-proxy-trees", image_size=128, batch_size=8, steps=300, lr=0.08, warmup_steps=20,
-               warmup_factor=0.1, schedule="cosine", bn_momentum=0.1, scale_min=0.8, scale_max=1.25,
-               precision="fp32", checkpoint_every=10**9, log_every=50, extra={"tile_size": 200}),
+        Recipe("search-proxy-trees", "detection", model=DetectionModel(bn_momentum=0.1),
+               data=DetectionData(image_size=128, batch_size=8, scale_min=0.8, scale_max=1.25, tile_size=200),
+               optim=OptimConfig(lr=0.08, precision="fp32"),
+               schedule=ScheduleConfig(steps=300, warmup_steps=20, warmup_factor=0.1, decay="cosine",
+                                       checkpoint_every=10**9, log_every=50)),
         head_convs=3,
         metric="AP50",
         description="CPU proxy: 300 steps of batch 8 at 128 px on 200 px yell-train tiles of the large YELL image; "
@@ -68,8 +69,10 @@ PROXIES: dict[str, Proxy] = {
     "coco": Proxy(
         "coco",
         # 5 epochs of the 110,895 images left after holding out 7,392 (batch 64: 1,733 steps per epoch)
-        Recipe("search-proxy-coco", image_size=512, batch_size=64, steps=5 * 1733, lr=0.07, warmup_steps=500,
-               scale_min=0.8, scale_max=1.2, precision="bf16", checkpoint_every=1000, log_every=100),
+        Recipe("search-proxy-coco", "detection",
+               data=DetectionData(image_size=512, batch_size=64, scale_min=0.8, scale_max=1.2),
+               optim=OptimConfig(lr=0.07, precision="bf16"),
+               schedule=ScheduleConfig(steps=5 * 1733, warmup_steps=500, checkpoint_every=1000, log_every=100)),
         data="", val_data="", metric="AP",
         description="the paper's proxy: SpineNet-49 x0.25 widths, alpha 0.25, 64-channel heads, 512 px, 5 epochs; "
                     "reward AP on a held-out split (data=TRAIN.json val_data=HELDOUT.json)",
@@ -90,7 +93,7 @@ class _TreeSplitTask(DetectionTask):
     def build_datasets(self, recipe: Recipe) -> tuple[Dataset, Dataset | None]:
         from ..data.trees import YELL_LARGE, TreeDataset, trees_dataset
 
-        tile = int(recipe.extra.get("tile_size", 200))
+        tile = recipe.data.tile_size or 200
         full = trees_dataset("yell-train", tile_size=tile)
         parts: dict[bool, list] = {True: [], False: []}
         for record in full.records:
@@ -108,23 +111,32 @@ def proxy_split_summary(proxy: Proxy) -> dict[str, int]:
             "reward_boxes": val.stats["boxes"]}
 
 
+PROXY_OPTIONS = ("data", "val_data")  # the coco proxy's files; every other option is a recipe setting
+REWARD_OPTIONS = ("proxy", "target_macs", "macs_weight", "device")  # read by the search runner
+
+
 def proxy_recipe(proxy: Proxy, arch_path: str | Path, seed: int, overrides: dict[str, Any] | None = None) -> Recipe:
-    """The trial's recipe: the proxy's, with the architecture, the model shrink and ``overrides`` applied."""
-    overrides = dict(overrides or {})
-    fields = set(Recipe.__dataclass_fields__) - {"name", "extra"}
-    changes = {k: overrides.pop(k) for k in list(overrides) if k in fields}
+    """The trial's recipe: the proxy's, with the architecture, the model shrink and ``overrides`` (recipe
+    settings, checked as ``key=value`` overrides are) applied."""
+    settings = {k: v for k, v in (overrides or {}).items() if k not in PROXY_OPTIONS}
     model = {f"model.{k}": v for k, v in proxy.model_overrides().items()}
-    model.update({k: overrides.pop(k) for k in list(overrides) if k.startswith("model.")})
-    extra = {**proxy.recipe.extra, **model, "model.block_specs": str(arch_path), **overrides}
-    return replace(proxy.recipe, seed=seed, extra=extra, **changes)
+    return proxy.recipe.with_values({**model, "model.block_specs": str(arch_path), "seed": seed, **settings})
+
+
+def check_proxy_options(options: dict[str, Any]) -> None:
+    """Refuse reward options that are neither the runner's nor a setting of the proxy's recipe (before a search
+    starts, instead of in every trial)."""
+    proxy = get_proxy(str(options.get("proxy", "trees-cpu")))
+    settings = {k: v for k, v in options.items() if k not in REWARD_OPTIONS}
+    proxy_recipe(proxy, "arch.json", 0, settings)
 
 
 def train_proxy(arch: Architecture, proxy: Proxy, out_dir: str | Path, seed: int,
                 overrides: dict[str, Any] | None = None, device: str = "cpu") -> dict[str, float]:
     """Train and evaluate one architecture on the proxy task; returns the detection metrics.
 
-    ``out_dir`` is replaced (an interrupted attempt starts again from scratch). ``overrides`` are recipe fields
-    (``steps``, ``lr``, ...), ``model.*`` fields, or extras such as ``tile_size``.
+    ``out_dir`` is replaced (an interrupted attempt starts again from scratch). ``overrides`` are recipe settings
+    (``steps``, ``lr``, ``tile_size``, ``model.head_width``, ...) or the coco proxy's ``data`` / ``val_data``.
     """
     from ..engine.trainer import Trainer
 
@@ -140,8 +152,8 @@ def train_proxy(arch: Architecture, proxy: Proxy, out_dir: str | Path, seed: int
     if proxy.name == "trees-cpu":
         task: DetectionTask = _TreeSplitTask(proxy.detector, proxy.data)
     else:
-        data = recipe.extra.get("data") or proxy.data
-        val = recipe.extra.get("val_data") or proxy.val_data
+        data = (overrides or {}).get("data") or proxy.data
+        val = (overrides or {}).get("val_data") or proxy.val_data
         if not data or not val:
             raise ValueError(f"proxy {proxy.name!r} needs data=TRAIN and val_data=HELDOUT (COCO .json files)")
         task = DetectionTask(proxy.detector, str(data), str(val))

@@ -46,6 +46,10 @@ class SearchConfig:
         get_space(self.space)
         if self.reward not in REWARDS:
             raise ValueError(f"unknown reward {self.reward!r}; choose one of {', '.join(REWARDS)}")
+        if self.reward == "proxy":  # recipe settings among the options are checked as train overrides are
+            from .proxy import check_proxy_options
+
+            check_proxy_options(self.reward_options)
 
 
 # --------------------------------------------------------------------------------------------- evaluation
@@ -105,7 +109,7 @@ def _evaluate_trial(payload: dict[str, Any]) -> dict[str, Any]:
     device = str(options.pop("device", "cpu"))
     out = Path(payload["out"]) / "trials" / f"{trial:05d}"
     metrics = train_proxy(arch, proxy, out, int(payload["seed"]), options, device=device)
-    size = int(options.get("image_size", proxy.recipe.image_size))
+    size = int(options.get("image_size", proxy.recipe.data.image_size))
     macs, params = _backbone_cost(arch, size, filter_size_scale=proxy.filter_size_scale,
                                   resample_alpha=proxy.resample_alpha,
                                   endpoints_num_filters=proxy.endpoints_num_filters)
@@ -276,6 +280,8 @@ class Search:
             raise ValueError(f"--trials must be >= 1, got {trials}")
         if workers < 0:
             raise ValueError(f"--workers must be >= 0, got {workers}")
+        if config is not None:
+            config.check()  # before the folder is created
         self.out.mkdir(parents=True, exist_ok=True)
         self.journal = Journal(journal_path)
         stored = self.journal.config()

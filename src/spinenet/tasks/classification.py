@@ -11,21 +11,18 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from ..engine.recipes import Recipe
+from ..engine.config import Recipe
 
 
 def eval_crop(recipe: Recipe | None) -> float:
-    """Evaluation centre-crop fraction: ``eval_crop`` in the recipe's extras, default the paper's 0.875."""
-    return float(recipe.extra.get("eval_crop", 0.875)) if recipe is not None else 0.875
+    """Evaluation centre-crop fraction: the recipe's ``eval.crop``, default the paper's 0.875."""
+    return recipe.eval.crop if recipe is not None else 0.875
 
 
 def eval_hflip(recipe: Recipe | None) -> bool:
-    """``eval_hflip=true`` in the recipe's extras: evaluation and prediction average the logits of each image and
-    its mirror image (test-time augmentation; off by default)."""
-    value = recipe.extra.get("eval_hflip", False) if recipe is not None else False
-    if value not in (True, False):  # also 1 / 0
-        raise ValueError(f"eval_hflip={value!r}: expected true or false")
-    return bool(value)
+    """``eval.hflip=true``: evaluation and prediction average the logits of each image and its mirror image
+    (test-time augmentation; off by default)."""
+    return recipe.eval.hflip if recipe is not None else False
 
 
 def classify(model: nn.Module, images: torch.Tensor, hflip: bool = False) -> torch.Tensor:
@@ -61,7 +58,8 @@ class ClassificationTask:
     def train_transform(self, recipe: Recipe):
         from ..data.classification import classification_train_transform
 
-        return classification_train_transform(recipe.image_size, (recipe.scale_min, recipe.scale_max), recipe.hflip)
+        data = recipe.data
+        return classification_train_transform(data.image_size, (data.scale_min, data.scale_max), data.hflip)
 
     def collate(self, batch: list) -> tuple[torch.Tensor, torch.Tensor]:
         return torch.stack([image for image, _ in batch]), torch.tensor([label for _, label in batch])
@@ -69,10 +67,9 @@ class ClassificationTask:
     def build_model(self, recipe: Recipe, train_set: Dataset) -> nn.Module:
         from ..models import create_classifier
 
-        overrides = recipe.model_overrides()  # ``model.<field>=value`` included
-        return create_classifier(self.model_name, num_classes=len(train_set.classes), image_size=recipe.image_size,
-                                 label_smoothing=recipe.label_smoothing, class_names=list(train_set.classes),
-                                 **overrides)
+        overrides = recipe.model_overrides()  # ``model.<field>=value``, label smoothing included
+        return create_classifier(self.model_name, num_classes=len(train_set.classes),
+                                 image_size=recipe.data.image_size, class_names=list(train_set.classes), **overrides)
 
     def loss(self, model: nn.Module, batch: Any, device: torch.device) -> dict[str, torch.Tensor]:
         images, labels = batch
@@ -83,7 +80,7 @@ class ClassificationTask:
 
     def evaluate(self, model: nn.Module, dataset: Dataset, device: torch.device, recipe: Recipe | None = None,
                  batch_size: int = 200) -> dict[str, float]:
-        size = recipe.image_size if recipe is not None else int(model.config.get("image_size", 224))
+        size = recipe.data.image_size if recipe is not None else int(model.config.get("image_size", 224))
         logits, labels = predict_dataset(model, dataset, device, size, eval_crop(recipe), batch_size,
                                          eval_hflip(recipe))
         metrics, matrix = classification_metrics(logits, labels, len(dataset.classes))

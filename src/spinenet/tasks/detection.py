@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from ..engine.recipes import Recipe
+from ..engine.config import Recipe
 
 DETECTION_METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 MASK_METRICS = tuple(f"mask_{k}" for k in DETECTION_METRICS)  # COCO segm metrics of Mask R-CNN models
@@ -46,9 +46,9 @@ class DetectionTask:
 
         kwargs: dict[str, Any] = {}
         if path.startswith("trees:") and tile_size and path.split(":", 1)[1].startswith("yell"):
-            kwargs["tile_size"] = tile_size  # recipe field tile_size=N (default: the sets' 400 px tiles)
+            kwargs["tile_size"] = tile_size  # data.tile_size=N (default: the sets' 400 px tiles)
             if overlap:
-                kwargs["overlap"] = overlap  # recipe field tile_overlap=N: neighbouring training tiles share N px
+                kwargs["overlap"] = overlap  # data.tile_overlap=N: neighbouring training tiles share N px
         if path.startswith("nuclei:") and tile_size:
             kwargs["tile_size"] = tile_size
         if path.endswith(".json") and self.needs_masks:
@@ -60,15 +60,15 @@ class DetectionTask:
         return dataset_from_path(path, **kwargs)
 
     def build_datasets(self, recipe: Recipe) -> tuple[Dataset, Dataset | None]:
-        tile = recipe.extra.get("tile_size")
-        tile = int(tile) if tile else None
-        train = self._open(self.data, tile_size=tile, overlap=int(recipe.extra.get("tile_overlap", 0)))
+        data = recipe.data  # DetectionData
+        tile = data.tile_size or None
+        train = self._open(self.data, tile_size=tile, overlap=data.tile_overlap)
         if self.needs_masks and not getattr(train, "with_masks", False):
             raise ValueError(f"--model {self.model_name} trains on instance masks, but --data {self.data} has boxes "
                              "only; give a COCO .json with 'segmentation' per annotation or nuclei:<half>, or "
                              "train a retinanet_* model")
-        val_tile = recipe.extra.get("val_tile_size", recipe.extra.get("tile_size"))
-        val = (self._open(self.val_data, list(train.classes), tile_size=int(val_tile) if val_tile else None)
+        val_tile = tile if data.val_tile_size is None else data.val_tile_size  # 0: whole images
+        val = (self._open(self.val_data, list(train.classes), tile_size=val_tile or None)
                if self.val_data else None)
         if val is not None and list(val.classes) != list(train.classes):
             raise ValueError(f"--val-data classes {val.classes[1:]} differ from --data classes {train.classes[1:]}")
@@ -78,16 +78,18 @@ class DetectionTask:
         from ..data.transforms import (ColorJitter, Compose, RandomHorizontalFlip, RandomTranspose,
                                        RandomVerticalFlip, ScaleJitterCrop)
 
+        data = recipe.data  # DetectionData
+
         def transform(image: torch.Tensor, target: dict, generator: torch.Generator):
-            steps = [RandomHorizontalFlip(recipe.hflip, generator)]
+            steps = [RandomHorizontalFlip(data.hflip, generator)]
             # The optional steps only join when enabled, so recipes without them keep their random stream.
-            if recipe.vflip > 0:
-                steps.append(RandomVerticalFlip(recipe.vflip, generator))
-            if recipe.transpose > 0:
-                steps.append(RandomTranspose(recipe.transpose, generator))
-            if recipe.color_jitter > 0:
-                steps.append(ColorJitter(recipe.color_jitter, generator))
-            steps.append(ScaleJitterCrop(recipe.image_size, (recipe.scale_min, recipe.scale_max), generator))
+            if data.vflip > 0:
+                steps.append(RandomVerticalFlip(data.vflip, generator))
+            if data.transpose > 0:
+                steps.append(RandomTranspose(data.transpose, generator))
+            if data.color_jitter > 0:
+                steps.append(ColorJitter(data.color_jitter, generator))
+            steps.append(ScaleJitterCrop(data.image_size, (data.scale_min, data.scale_max), generator))
             return Compose(steps)(image, target)
 
         return transform
@@ -102,7 +104,7 @@ class DetectionTask:
         from ..models import create_detector
 
         overrides = recipe.model_overrides()  # ``model.<field>=value`` included
-        return create_detector(self.model_name, num_classes=len(train_set.classes), image_size=recipe.image_size,
+        return create_detector(self.model_name, num_classes=len(train_set.classes), image_size=recipe.data.image_size,
                                **overrides)
 
     def loss(self, model: nn.Module, batch: Any, device: torch.device) -> dict[str, torch.Tensor]:
@@ -116,15 +118,14 @@ class DetectionTask:
     # ------------------------------------------------------------------------------------------ evaluation
     def evaluate(self, model: nn.Module, dataset: Dataset, device: torch.device, recipe: Recipe | None = None,
                  batch_size: int = 4) -> dict[str, float]:
-        with inference_size(model, eval_image_size(recipe.extra) if recipe is not None else None):
+        with inference_size(model, eval_image_size(recipe)):
             predictions = predict_dataset(model, dataset, device, batch_size)
         return evaluate_predictions(predictions, dataset)
 
 
-def eval_image_size(extra: dict[str, Any]) -> int | None:
-    """The long side a recipe evaluates at (its ``extra["eval_image_size"]``); ``None``: the training size."""
-    size = extra.get("eval_image_size")
-    return int(size) if size else None
+def eval_image_size(recipe: Recipe | None) -> int | None:
+    """The long side a recipe evaluates at (its ``eval.image_size``); ``None``: the training size."""
+    return (recipe.eval.image_size or None) if recipe is not None else None
 
 
 @contextlib.contextmanager

@@ -15,7 +15,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from ..engine.recipes import Recipe
+from ..engine.config import Recipe
 
 
 def load_task_model(ckpt: dict[str, Any], device: torch.device, source: str = "checkpoint") -> nn.Module:
@@ -43,8 +43,9 @@ def check_classes(data_classes: Sequence[str], ckpt_classes: Sequence[str], data
                          f"other names or order)")
 
 
-def _recipe(ckpt: dict[str, Any]) -> Recipe:
-    return Recipe.from_dict(ckpt.get("recipe", {}))
+def _recipe(ckpt: dict[str, Any], source: str = "checkpoint") -> Recipe:
+    """The checkpoint's training recipe (flat recipes of earlier checkpoints are migrated)."""
+    return Recipe.from_dict(ckpt.get("recipe") or {"task": ckpt["task"]}, source=source)
 
 
 def eval_command(ckpt: dict[str, Any], source: str, data: str, device: torch.device, out: str | None = None,
@@ -52,7 +53,7 @@ def eval_command(ckpt: dict[str, Any], source: str, data: str, device: torch.dev
     """Metrics of a classification / segmentation checkpoint on ``data``; with ``out`` (a folder), also
     ``metrics.json`` and the confusion-matrix PNG or the overlay PNGs there."""
     model = load_task_model(ckpt, device, source)
-    recipe = _recipe(ckpt)
+    recipe = _recipe(ckpt, source)
     report = Path(out) if out else None
     from ..engine.trainer import autocast_context
 
@@ -75,7 +76,7 @@ def eval_command(ckpt: dict[str, Any], source: str, data: str, device: torch.dev
         dataset = segmentation_dataset_from_path(data)
         check_classes(dataset.classes, ckpt["classes"], data, source)
         task = SegmentationTask(model=ckpt["model_config"]["name"], data=data, report_dir=report)
-    with torch.no_grad(), autocast_context(device, recipe.precision):
+    with torch.no_grad(), autocast_context(device, recipe.optim.precision):
         metrics = task.evaluate(model, dataset, device, recipe)
     if report is not None:
         report.mkdir(parents=True, exist_ok=True)
@@ -90,7 +91,7 @@ def predict_command(ckpt: dict[str, Any], source: str, images: Sequence[str], de
     """Classification: top-``k`` classes per image. Segmentation: a label PNG (``*_mask.png``, class ids) and an
     overlay PNG (``*_pred.png``) per image. Both write ``predictions.json`` in ``out``; returns its records."""
     model = load_task_model(ckpt, device, source)
-    recipe = _recipe(ckpt)
+    recipe = _recipe(ckpt, source)
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
     records: list[dict[str, Any]] = []
@@ -100,7 +101,7 @@ def predict_command(ckpt: dict[str, Any], source: str, images: Sequence[str], de
         from ..data.detection import decode_image
         from .classification import classify, eval_crop, eval_hflip
 
-        size = image_size or recipe.image_size
+        size = image_size or recipe.data.image_size
         crop, hflip = eval_crop(recipe), eval_hflip(recipe)
         for path in images:
             if not Path(path).is_file():
@@ -115,12 +116,12 @@ def predict_command(ckpt: dict[str, Any], source: str, images: Sequence[str], de
 
         from ..data.segmentation import read_image_float
         from ..models.segmentation import draw_overlay
-        from .segmentation import eval_window, input_percentiles, predict_logits
+        from .segmentation import eval_window, input_percentiles, input_scale, predict_logits
 
         if image_size:
             raise ValueError("--image-size applies to classification and detection; segmentation runs at the "
                              "images' own size (times the recipe's input_scale)")
-        scale = float(recipe.extra.get("input_scale", 1.0))
+        scale = input_scale(recipe)
         window, overlap = eval_window(recipe)
         for path in images:
             image = read_image_float(path)

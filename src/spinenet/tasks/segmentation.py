@@ -14,53 +14,38 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
-from ..engine.recipes import Recipe
+from ..engine.config import Recipe
 
 
-def _input_scale(recipe: Recipe | None) -> float:
-    """Images are resized by ``input_scale`` (recipe extra, default 1) before the model, in training and evaluation;
-    logits are resized back, so metrics are always at the data's own resolution."""
-    return float(recipe.extra.get("input_scale", 1.0)) if recipe is not None else 1.0
-
-
-def _number(recipe: Recipe, key: str, default: float) -> float:
-    value = recipe.extra.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"recipe field {key} must be a number, got {value!r}")
-    return float(value)
+def input_scale(recipe: Recipe | None) -> float:
+    """Images are resized by ``data.input_scale`` (default 1) before the model, in training, evaluation and
+    ``predict``; logits are resized back, so metrics are always at the data's own resolution."""
+    return recipe.data.input_scale if recipe is not None else 1.0
 
 
 def input_percentiles(recipe: Recipe | None) -> tuple[float, float] | None:
     """``(low, high)`` of the per-image percentile normalisation (:func:`spinenet.data.segmentation.
     percentile_normalize`), applied to every image before the model in training, evaluation and ``predict``:
-    recipe extras ``norm_low`` / ``norm_high`` (percentiles, 0-100). ``None`` (off) unless ``norm_high`` is set."""
-    if recipe is None or recipe.extra.get("norm_high") is None:
+    ``data.norm_low`` / ``data.norm_high`` (percentiles, 0-100). ``None`` (off) unless ``norm_high`` is set."""
+    if recipe is None or recipe.data.norm_high is None:
         return None
-    low, high = _number(recipe, "norm_low", 0.0), _number(recipe, "norm_high", 100.0)
-    if not 0.0 <= low < high <= 100.0:
-        raise ValueError(f"recipe fields norm_low={low}, norm_high={high}: need 0 <= norm_low < norm_high <= 100")
-    return low, high
+    return recipe.data.norm_low, recipe.data.norm_high
 
 
 EVAL_OVERLAP = 0.5
 
 
 def eval_window(recipe: Recipe | None) -> tuple[int, float]:
-    """``(window, overlap)`` of sliding-window inference: recipe extras ``eval_window`` (pixels of the model input,
-    default the training crop ``image_size``; 0 = the whole image in one pass) and ``eval_overlap`` (fraction of
-    the window shared by neighbouring windows, default 0.5). Without a recipe: the whole image.
+    """``(window, overlap)`` of sliding-window inference: ``eval.window`` (pixels of the model input, default the
+    training crop ``data.image_size``; 0 = the whole image in one pass) and ``eval.overlap`` (fraction of the
+    window shared by neighbouring windows, default 0.5). Without a recipe: the whole image.
 
     Windows at the training crop size keep every level's spatial size (and so BN's running statistics and the
     padding share of the top levels) as in training; one pass over a larger image does not (README)."""
     if recipe is None:
         return 0, EVAL_OVERLAP
-    window = recipe.extra.get("eval_window", recipe.image_size)
-    overlap = recipe.extra.get("eval_overlap", EVAL_OVERLAP)
-    if isinstance(window, bool) or not isinstance(window, int) or window < 0:
-        raise ValueError(f"recipe field eval_window must be an integer >= 0 (0 = whole image), got {window!r}")
-    if isinstance(overlap, bool) or not isinstance(overlap, (int, float)) or not 0 <= overlap < 1:
-        raise ValueError(f"recipe field eval_overlap must be a number in [0, 1), got {overlap!r}")
-    return window, float(overlap)
+    window = recipe.data.image_size if recipe.eval.window is None else recipe.eval.window
+    return window, recipe.eval.overlap
 
 
 def _window_starts(length: int, window: int, stride: int) -> list[int]:
@@ -122,12 +107,11 @@ class SegmentationTask:
     def train_transform(self, recipe: Recipe):
         from ..data.segmentation import segmentation_train_transform
 
-        return segmentation_train_transform(recipe.image_size, (recipe.scale_min, recipe.scale_max), recipe.hflip,
-                                            float(recipe.extra.get("vflip", 0.0)),
-                                            bool(recipe.extra.get("rot90", False)), _input_scale(recipe),
-                                            percentiles=input_percentiles(recipe),
-                                            gain=_number(recipe, "gain", 1.0), gamma=_number(recipe, "gamma", 1.0),
-                                            gain_grid=recipe.extra.get("gain_grid", 1))
+        data = recipe.data  # SegmentationData
+        return segmentation_train_transform(data.image_size, (data.scale_min, data.scale_max), data.hflip,
+                                            data.vflip, data.rot90, data.input_scale,
+                                            percentiles=input_percentiles(recipe), gain=data.gain, gamma=data.gamma,
+                                            gain_grid=data.gain_grid)
 
     def collate(self, batch: list) -> tuple[torch.Tensor, torch.Tensor]:
         return torch.stack([image for image, _ in batch]), torch.stack([mask for _, mask in batch])
@@ -148,7 +132,7 @@ class SegmentationTask:
 
     def evaluate(self, model: nn.Module, dataset: Dataset, device: torch.device,
                  recipe: Recipe | None = None) -> dict[str, float]:
-        scale = _input_scale(recipe)
+        scale = input_scale(recipe)
         if recipe is None and hasattr(model, "config"):
             scale = float(model.config.get("input_scale", 1.0))
         window, overlap = eval_window(recipe)
