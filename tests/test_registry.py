@@ -117,3 +117,31 @@ def test_export_of_a_maskrcnn_name_builds_the_maskrcnn_wrapper():
     assert isinstance(wrapper, MaskRCNNExport) and wrapper.output_names == ["boxes", "scores", "labels", "masks"]
     with pytest.raises(ValueError, match="multiples of 128"):
         export_module(net, task, (200, 256))
+
+
+def test_canonical_names_of_the_previous_release():
+    from spinenet.registry import canonical_name
+
+    assert canonical_name("spinenet49s", "classification") == "classifier_spinenet49s"
+    assert canonical_name("spinenet49s", "segmentation") == "segmenter_spinenet49s"
+    assert canonical_name("classifier_spinenet49s", "classification") == "classifier_spinenet49s"
+    assert canonical_name("retinanet_spinenet49s", "detection") == "retinanet_spinenet49s"
+    assert canonical_name("spinenet49s", "detection") == "spinenet49s"
+
+
+def test_a_run_started_under_a_previous_name_resumes_under_the_new_one(tmp_path, capsys, one_thread):
+    from test_classification_train import _write_folder
+
+    data = _write_folder(tmp_path / "train", {"dark": [20, 30], "bright": [200, 220]}, size=36)
+    args = ["train", "--task", "classification", "--data", str(data), "--out", str(tmp_path / "run"), "--device",
+            "cpu"]
+    settings = ["batch_size=4", "image_size=32", "num_workers=0", "log_every=1", "model.min_level=3"]
+    with pytest.warns(DeprecationWarning):
+        assert main([*args, "--model", "spinenet_mobile49xs", *settings, "steps=1"]) == 0
+    with pytest.warns(DeprecationWarning):  # the checkpoint holds today's name; the old one still resumes it
+        assert main([*args, "--resume", "--model", "spinenet_mobile49xs", *settings, "steps=2"]) == 0, \
+            capsys.readouterr().err
+    assert main([*args, "--resume", "--model", "classifier_spinenet_mobile49xs", *settings, "steps=3"]) == 0, \
+        capsys.readouterr().err
+    assert main([*args, "--resume", "--model", "classifier_spinenet_mobile49s", *settings, "steps=4"]) == 2
+    assert "was trained with --model classifier_spinenet_mobile49xs" in capsys.readouterr().err

@@ -28,7 +28,7 @@ from .models.base import set_weights_loader
 from .weights import load_model, read_weights
 
 __all__ = ["BN_DEFAULTS", "SCALING_FIELDS", "TASKS", "ModelDef", "ModelEntry", "Table", "build_from_config",
-           "config_to_json", "create_model", "get_entry", "get_model_def", "list_models", "load_weights",
+           "canonical_name", "config_to_json", "create_model", "get_entry", "get_model_def", "list_models", "load_weights",
            "model_from_config", "register", "register_model", "resolve_config"]
 
 TASKS = ("backbone", "retinanet", "maskrcnn", "classification", "segmentation")
@@ -119,6 +119,17 @@ def list_models(pattern: str | None = None, task: str | None = None) -> list[str
     if tasks != ("backbone",):
         names += [n for n, e in _task_entries().items() if e.task in tasks]
     return [n for n in names if pattern is None or fnmatch.fnmatch(n, pattern)]
+
+
+def canonical_name(name: str, task: str) -> str:
+    """Today's name of ``name`` for a model of ``task`` (a classifier or segmenter name of the 0.1.0 release, i.e.
+    its backbone's name, becomes ``classifier_*`` / ``segmenter_*``); any other name is returned as is."""
+    for entry in _task_entries().values():
+        if entry.task in _tasks(task):
+            legacy = getattr(entry.model_class, "legacy_names", {})
+            if name in legacy:
+                return legacy[name]
+    return name
 
 
 def get_entry(name: str) -> ModelEntry:

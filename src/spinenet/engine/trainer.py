@@ -166,7 +166,9 @@ class Trainer:
             raise ValueError(f"{where} holds a {ckpt['task']} run; resume it with --task {ckpt['task']}")
         trained = (ckpt.get("model_config") or {}).get("name")
         wanted = getattr(self.task, "model_name", None)
-        if trained and wanted and trained != wanted:
+        from ..registry import canonical_name  # a model name of the previous release names the same model
+
+        if trained and wanted and canonical_name(trained, ckpt["task"]) != canonical_name(wanted, ckpt["task"]):
             raise ValueError(f"{where} was trained with --model {trained}, not {wanted}; resume with --model "
                              f"{trained}, or start a new run with another --out")
         before = Recipe.from_dict(ckpt.get("recipe") or {}, source=str(self.last))
