@@ -237,3 +237,26 @@ def test_onnx_and_exported_program_equal_eager(name, tmp_path):
         else:
             assert_parity(o, r.numpy(), f"{name} onnx {key}")
             assert_parity(p.numpy(), r.numpy(), f"{name} exported program {key}")
+
+
+@pytest.mark.parametrize("name", ["retinanet_spinenet49", "maskrcnn_spinenet49"])
+def test_export_wrapper_follows_tf1_box_decoding(name):
+    """A detector converted from TF1 (``box_decoding="tf1"``: "+1" decoding, clipping to the last pixel) exports
+    what it computes eagerly (the wrapper run in Python; the traces are the same operations)."""
+    task = get_entry(name).task
+    settings = {"maskrcnn": {"box_score_thresh": 0.0}, "retinanet": {}}[task]
+    model, side = tiny(name, block_specs=SMALL_GRAPH, box_decoding="tf1", **settings)
+    perturb(model)
+    model.eval()
+    x = torch.rand(2, 3, side, side)
+    if task == "retinanet":
+        with torch.no_grad():
+            model.head.classifier.weight.normal_(0.0, 0.3)
+            model.head.classifier.bias.normal_(-4.0, 1.0)
+        model.score_thresh = unambiguous_threshold(model, x)
+    wrapper = model.export_module((side, side))
+    ref = eager_outputs(model, x, wrapper.detections_per_img)
+    assert int((ref[1] > 0).sum()) > 0
+    with torch.no_grad():
+        out = [t.numpy() for t in wrapper(x)]
+    assert_same_detections(f"{name} tf1", out, ref)
