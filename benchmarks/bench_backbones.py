@@ -92,7 +92,7 @@ def build_reference() -> nn.Module:
 
 def select_models(patterns: Sequence[str] | None) -> list[str]:
     """Registered names matching any of the shell-style patterns, in registry order; all if none are given."""
-    available = spinenet.list_models()
+    available = spinenet.list_models(task="backbone")
     if not patterns:
         return available
     # Accept both "--models a b" and "--models a,b" since either is natural on a command line.

@@ -12,7 +12,7 @@ import spinenet
 from spinenet.layers.ops import Conv2d
 from spinenet.profile import count_macs, count_params, on_meta
 
-ALL = spinenet.list_models()
+ALL = spinenet.list_models(task="backbone")
 
 # Trainable parameters of the official code (spec 4.4; mobile counts from Model Garden).
 PARAMS = {

@@ -30,7 +30,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 def tiny(num_classes: int = 10, **kwargs) -> SpineNetClassifier:
     torch.manual_seed(0)
-    return create_classifier("spinenet49", num_classes, **{**TINY, **kwargs})
+    return create_classifier("classifier_spinenet49", num_classes, **{**TINY, **kwargs})
 
 
 # ------------------------------------------------------------------------------------------ table and sizes
@@ -42,14 +42,21 @@ OFFICIAL_GMACS = {"spinenet49": 7.03 / 2, "spinenet96": 11.57 / 2, "spinenet143"
 
 
 def test_table_lists_every_classifier():
-    assert list_classifiers() == ["spinenet49s", "spinenet49", "spinenet96", "spinenet143", "spinenet190",
-                                  "spinenet_mobile49", "spinenet_mobile49s", "spinenet_mobile49xs"]
-    assert list_classifiers("spinenet_mobile*") == ["spinenet_mobile49", "spinenet_mobile49s", "spinenet_mobile49xs"]
+    backbones = ["spinenet49s", "spinenet49", "spinenet96", "spinenet143", "spinenet190", "spinenet_mobile49",
+                 "spinenet_mobile49s", "spinenet_mobile49xs"]
+    assert list_classifiers() == [f"classifier_{b}" for b in backbones]
+    assert list_classifiers("*mobile*") == [f"classifier_{b}" for b in backbones[5:]]
+
+
+def test_the_backbone_name_of_the_previous_release_still_builds_a_classifier():
+    with pytest.warns(DeprecationWarning, match="'spinenet49' is deprecated; use 'classifier_spinenet49'"):
+        model = on_meta(lambda: create_classifier("spinenet49", num_classes=10))
+    assert model.config["name"] == "classifier_spinenet49" and model.task == "classification"
 
 
 @pytest.mark.parametrize("name", sorted(OFFICIAL_PARAMS))
 def test_parameter_count_equals_official(name):
-    model = on_meta(lambda: create_classifier(name, num_classes=1001))
+    model = on_meta(lambda: create_classifier(f"classifier_{name}", num_classes=1001))
     assert count_params(model) == OFFICIAL_PARAMS[name]
 
 
@@ -59,7 +66,7 @@ def test_macs_match_official_flops(name):
     # pooling, resizes and additions are not counted, the profiler counts them. Measured: 1.05% / 1.06% /
     # 1.01% / 0.92% below spec 4.5 for 49 / 96 / 143 / 190 (3.478 / 5.724 / 9.087 / 19.112 G), i.e. on the
     # TPU-zoo's 3.5 / 5.7 / 9.1 / 19.1 B.
-    model = on_meta(lambda: create_classifier(name, num_classes=1001))
+    model = on_meta(lambda: create_classifier(f"classifier_{name}", num_classes=1001))
     gmacs = count_macs(model, 224) / 1e9
     assert abs(gmacs / OFFICIAL_GMACS[name] - 1) < 0.02, gmacs
     assert gmacs < OFFICIAL_GMACS[name]  # never above: the profiler counts a superset
@@ -81,7 +88,7 @@ def test_classifier_matches_official_tf1(parity_dir):
     folder = parity_dir(FIXTURE)
     meta = json.loads((folder / "meta.json").read_text())
     assert meta["bn"]["epsilon"] == 1e-5 and meta["head"]["num_classes"] == 10
-    model = create_classifier("spinenet49", 10, **FIXTURE_SCALING, activation="swish", bn_eps=1e-5,
+    model = create_classifier("classifier_spinenet49", 10, **FIXTURE_SCALING, activation="swish", bn_eps=1e-5,
                               normalize=False).eval()
     report = load_tf_classifier(model, folder / "model.ckpt")  # strict: every checkpoint weight is used
     assert not report.unused and not report.missing and not report.mismatched
@@ -111,7 +118,7 @@ def test_classifier_matches_official_tf1(parity_dir):
 
 def test_checkpoint_for_another_head_is_refused(parity_dir):
     folder = parity_dir(FIXTURE)
-    model = create_classifier("spinenet49", 1001, **FIXTURE_SCALING)
+    model = create_classifier("classifier_spinenet49", 1001, **FIXTURE_SCALING)
     before = model.head.fc.weight.clone()
     with pytest.raises(ValueError, match="classification_head/dense/kernel"):
         load_tf_classifier(model, folder / "model.ckpt")
@@ -119,7 +126,7 @@ def test_checkpoint_for_another_head_is_refused(parity_dir):
 
 
 def test_tf1_loader_refuses_model_garden_flavour():
-    model = on_meta(lambda: create_classifier("spinenet49", 10, flavor="model_garden"))
+    model = on_meta(lambda: create_classifier("classifier_spinenet49", 10, flavor="model_garden"))
     with pytest.raises(ValueError, match="flavor='tpu'"):
         load_tf_classifier(model, "unused.ckpt")
 
@@ -146,7 +153,7 @@ def test_forward_at_224_and_odd_sizes():
 
 
 def test_mobile_classifier_runs_at_224():
-    model = create_classifier("spinenet_mobile49xs", 7).eval()  # official 49XS widths, 0.87 M parameters
+    model = create_classifier("classifier_spinenet_mobile49xs", 7).eval()  # official 49XS widths, 0.87 M parameters
     with torch.no_grad():
         assert model(torch.rand(1, 3, 224, 224)).shape == (1, 7)
 
@@ -230,13 +237,13 @@ def test_user_errors_name_the_problem():
     with pytest.raises(ValueError, match="unknown classifier"):
         create_classifier("resnet50")
     with pytest.raises(ValueError, match="unknown override"):
-        create_classifier("spinenet49", head_width=3)
+        create_classifier("classifier_spinenet49", head_width=3)
     with pytest.raises(ValueError, match="class_names"):
-        create_classifier("spinenet49", 3, class_names=["a"])
+        create_classifier("classifier_spinenet49", 3, class_names=["a"])
     with pytest.raises(ValueError, match="dropout"):
-        create_classifier("spinenet49", 3, dropout=1.5)
+        create_classifier("classifier_spinenet49", 3, dropout=1.5)
     with pytest.raises(ValueError, match="num_classes"):
-        create_classifier("spinenet49", -1)
+        create_classifier("classifier_spinenet49", -1)
 
 
 # -------------------------------------------------------------------------------------------- class names
@@ -247,7 +254,7 @@ def test_imagenet_1001_convention():
     assert label_1001_to_imagenet(1) == 0 and imagenet_to_label_1001(999) == 1000
     with pytest.raises(ValueError, match="background"):
         label_1001_to_imagenet(0)
-    model = on_meta(lambda: create_classifier("spinenet49"))
+    model = on_meta(lambda: create_classifier("classifier_spinenet49"))
     assert model.class_names == names
     logits = torch.zeros(1, 1001)
     logits[0, 2] = 10.0

@@ -32,8 +32,16 @@ class TinyClassifier(nn.Module):
         self.conv = nn.Conv2d(3, 8, 3, stride=2)
         self.fc = nn.Linear(8, 4)
 
+    task = "classification"
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(self.conv(x).mean((2, 3)))
+
+    def export_module(self, size: tuple[int, int], **options) -> nn.Module:
+        """The model contract's export wrapper: the classifier's, on this network."""
+        from spinenet.models.classification import ClassifierExport
+
+        return ClassifierExport(self, size)
 
 
 def run_onnx(path: Path, x: torch.Tensor) -> np.ndarray:

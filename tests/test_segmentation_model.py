@@ -25,14 +25,17 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 def tiny(num_classes: int = 5, **kwargs) -> SpineNetSegmenter:
     torch.manual_seed(0)
-    return create_segmenter("spinenet49", num_classes, **{**TINY, **kwargs})
+    return create_segmenter("segmenter_spinenet49", num_classes, **{**TINY, **kwargs})
 
 
 # ------------------------------------------------------------------------------------------------- table
 def test_table_and_head_size():
-    assert list_segmenters() == ["spinenet49s", "spinenet49", "spinenet96", "spinenet143", "spinenet190",
-                                 "spinenet_mobile49", "spinenet_mobile49s", "spinenet_mobile49xs"]
-    model = on_meta(lambda: create_segmenter("spinenet49", 21))
+    assert list_segmenters() == [f"segmenter_{b}" for b in ("spinenet49s", "spinenet49", "spinenet96", "spinenet143",
+                                                           "spinenet190", "spinenet_mobile49", "spinenet_mobile49s",
+                                                           "spinenet_mobile49xs")]
+    with pytest.warns(DeprecationWarning, match="'spinenet49' is deprecated; use 'segmenter_spinenet49'"):
+        assert on_meta(lambda: create_segmenter("spinenet49", 3)).config["name"] == "segmenter_spinenet49"
+    model = on_meta(lambda: create_segmenter("segmenter_spinenet49", 21))
     # Backbone (spec 4.4) + head: 5 lateral 1x1 256->128 + BN, two 3x3 128->128 + BN, 1x1 128->21 with bias.
     head = 5 * (256 * 128 + 2 * 128) + 2 * (128 * 128 * 9 + 2 * 128) + 128 * 21 + 21
     assert count_params(model) == 21_831_488 + head
@@ -59,7 +62,7 @@ def test_forward_backward_at_odd_size():
 
 
 def test_mobile_segmenter_keeps_the_input_size():
-    model = create_segmenter("spinenet_mobile49xs", 3).eval()
+    model = create_segmenter("segmenter_spinenet_mobile49xs", 3).eval()
     with torch.no_grad():
         assert model(torch.rand(1, 3, 97, 131)).shape == (1, 3, 97, 131)
 
@@ -85,7 +88,7 @@ def test_loss_is_cross_entropy_ignoring_255():
 
 def test_classifier_backbone_loads_into_segmenter():
     seg = tiny()
-    clf = create_classifier("spinenet49", 10, filter_size_scale=0.125, endpoints_num_filters=16)
+    clf = create_classifier("classifier_spinenet49", 10, filter_size_scale=0.125, endpoints_num_filters=16)
     seg.backbone.load_state_dict(clf.backbone.state_dict())  # same defaults: swish, eps 1e-5, momentum 0.1
 
 
@@ -107,11 +110,11 @@ def test_user_errors_name_the_problem():
     with pytest.raises(ValueError, match="unknown segmenter"):
         create_segmenter("deeplab", 3)
     with pytest.raises(ValueError, match="num_classes"):
-        create_segmenter("spinenet49", 1)
+        create_segmenter("segmenter_spinenet49", 1)
     with pytest.raises(ValueError, match="ignore_index"):
-        create_segmenter("spinenet49", 3, ignore_index=2)
+        create_segmenter("segmenter_spinenet49", 3, ignore_index=2)
     with pytest.raises(ValueError, match="head overrides"):
-        create_segmenter("spinenet49", 3, head_filters=64)
+        create_segmenter("segmenter_spinenet49", 3, head_filters=64)
 
 
 # ------------------------------------------------------------------------------------------------ metrics
@@ -169,3 +172,37 @@ def test_overlay_png(tmp_path):
         draw_overlay(image, mask[:4])
     with pytest.raises(ValueError, match="alpha"):
         draw_overlay(image, mask, alpha=2.0)
+
+
+# ---------------------------------------------------------------------------------------------- weights files
+def test_weights_file_round_trip_and_fine_tuning(tmp_path):
+    """A segmenter saves to a weights file and loads back (same logits); another class count re-initialises the
+    1x1 classifier only; a classifier file seeds the backbone; the engine's ``init_weights`` starts from it."""
+    import spinenet
+    from spinenet.weights import load_pretrained, save_weights
+
+    model = tiny(3, head_width=16).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.01)
+    path = save_weights(model, tmp_path / "seg.safetensors")
+    x = torch.rand(1, 3, 64, 64)
+    loaded = create_segmenter("segmenter_spinenet49", weights=str(path)).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model(x), rtol=0, atol=0)
+    assert loaded.config == model.config
+    five = spinenet.create_model("segmenter_spinenet49", weights=str(path), num_classes=5)
+    assert sorted(five.weights_report.reinitialised) == ["head.classifier.bias", "head.classifier.weight"]
+    kept = {k: v for k, v in model.state_dict().items() if not k.startswith("head.classifier.")}
+    assert all(torch.equal(five.state_dict()[k], v) for k, v in kept.items())
+    with pytest.raises(ValueError, match="head_width=16"):
+        create_segmenter("segmenter_spinenet49", weights=str(path), head_width=32)
+    clf = create_classifier("classifier_spinenet49", 10, filter_size_scale=0.125, endpoints_num_filters=16)
+    clf_path = save_weights(clf, tmp_path / "clf.safetensors")
+    seeded = create_segmenter("segmenter_spinenet49", 4, weights=str(clf_path), head_width=16)
+    assert all(k.startswith("head.") for k in seeded.weights_report.fresh)
+    mine, theirs = seeded.backbone.state_dict(), clf.backbone.state_dict()
+    assert all(torch.equal(mine[k], theirs[k]) for k in theirs)
+    fresh = tiny(3, head_width=16)
+    report = load_pretrained(fresh, path)
+    assert not report.reinitialised and len(report.loaded) == len(model.state_dict())

@@ -2,16 +2,19 @@
 
 from .backbone import SpineNet
 from .graph import Graph, resolve
-from .registry import create_model, list_models
+from .registry import create_model, list_models, load_weights, model_from_config
 from .specs import Architecture, BlockSpec, Scaling
+from .weights import save_weights
 
 __version__ = "0.1.0"
 __all__ = ["Architecture", "BlockSpec", "Graph", "Scaling", "SpineNet", "create_classifier", "create_detector",
-           "create_model", "create_segmenter", "list_models", "resolve"]
+           "create_model", "create_segmenter", "list_models", "load_weights", "model_from_config", "resolve",
+           "save_weights"]
 
 
 def __getattr__(name: str):
-    """Task builders load lazily so that ``import spinenet`` stays light (torchvision detection etc.)."""
+    """The per-task builders and lists of :mod:`spinenet.models` (``create_model`` / ``list_models(task=...)``
+    serve every task)."""
     if name in ("create_detector", "create_classifier", "create_segmenter", "list_detectors", "list_classifiers",
                 "list_segmenters"):
         from . import models

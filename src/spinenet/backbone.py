@@ -92,6 +92,8 @@ class SpineNet(nn.Module):
     feeds a requested endpoint, also with ``max_level`` < 7).
     """
 
+    task = "backbone"
+
     def __init__(self, graph: Graph, activation: str = "relu", bn_eps: float = 1e-4, bn_momentum: float = 0.003,
                  config: dict[str, Any] | None = None) -> None:
         super().__init__()
@@ -158,3 +160,34 @@ class SpineNet(nn.Module):
             for i in self._release[pos]:
                 del feats[i]
         return {str(level): self.endpoints[str(level)](feats[index]) for level, index in self.graph.endpoints.items()}
+
+    def to_config(self) -> dict[str, Any]:
+        """The resolved configuration as JSON (architecture and scaling as dicts), what weights files store."""
+        out = dict(self.config)
+        out["architecture"] = out["architecture"].to_dict()
+        out["scaling"] = out["scaling"].to_dict()
+        return out
+
+    def export_module(self, size: tuple[int, int], **options: Any) -> nn.Module:
+        """The traceable wrapper ``spinenet export`` writes: endpoints ``p3 .. p7`` at a fixed input size."""
+        return BackboneExport(self, size)
+
+
+def check_input(images: torch.Tensor, size: tuple[int, int], what: str = "exported model") -> None:
+    """``ValueError`` unless ``images`` is ``[N, 3, H, W]`` at the export size."""
+    if images.dim() != 4 or images.shape[1] != 3 or tuple(images.shape[-2:]) != tuple(size):
+        raise ValueError(f"{what}: expects images of shape [N, 3, {size[0]}, {size[1]}] (the size fixed at export); "
+                         f"got {list(images.shape)}. Resize/pad the input, or export again with --size")
+
+
+class BackboneExport(nn.Module):
+    """A backbone returning its endpoints as a tuple in level order (ONNX outputs ``p3 .. p7``)."""
+
+    def __init__(self, backbone: SpineNet, size: tuple[int, int]) -> None:
+        super().__init__()
+        self.backbone, self.size = backbone, tuple(size)
+        self.output_names = [f"p{level}" for level in backbone.graph.levels]
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        check_input(images, self.size)
+        return tuple(self.backbone(images).values())

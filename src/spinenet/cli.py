@@ -23,30 +23,20 @@ def parse_size(text: str) -> tuple[int, int]:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from .models import get_detector_def, list_detectors
-    from .registry import get_model_def, list_models
+    from .registry import get_entry, list_models
 
-    for name in list_models(args.pattern):
-        d = get_model_def(name)
-        print(f"{name:30s} backbone  {d.description} (default input {d.default_size}, flavor {d.flavor})")
-    for name in list_detectors(args.pattern):
-        d = get_detector_def(name)
-        family = {"maskrcnn": "Mask R-CNN"}.get(getattr(d, "family", ""), "RetinaNet")
-        print(f"{name:30s} detector  {family} on {d.backbone} (input {d.image_size})")
+    for name in list_models(args.pattern, task=args.task):
+        e = get_entry(name)
+        print(f"{name:32s} {e.task:14s} {e.description} (input {e.default_size})")
     return 0
 
 
 def _build(name: str, flavor: str | None):
-    """A model on the meta device from a registered name (backbone or detector) or an architecture file."""
+    """A model on the meta device from a registered name or an architecture file."""
     import os
 
-    from .models import create_detector, get_detector_def, list_detectors
     from .profile import on_meta
-    from .registry import create_model, get_model_def
-
-    if name in list_detectors():
-        overrides = {"flavor": flavor} if flavor else {}
-        return on_meta(lambda: create_detector(name, **overrides)), get_detector_def(name).image_size
+    from .registry import create_model, get_entry, get_model_def
 
     if os.path.isfile(name):
         from .specs import Architecture
@@ -54,7 +44,9 @@ def _build(name: str, flavor: str | None):
         arch = Architecture.load(name)
         base = "spinenet_mobile49" if arch.family == "mobile" else "spinenet49"
         return on_meta(lambda: create_model(base, block_specs=arch, flavor=flavor)), get_model_def(base).default_size
-    return on_meta(lambda: create_model(name, flavor=flavor)), get_model_def(name).default_size
+    entry = get_entry(name)
+    overrides = {"flavor": flavor} if flavor else {}
+    return on_meta(lambda: create_model(name, **overrides)), entry.default_size
 
 
 def _flavor(model) -> str:
@@ -66,7 +58,7 @@ def cmd_summary(args: argparse.Namespace) -> int:
     from .registry import list_models
 
     rows = []
-    for name in args.models or list_models():
+    for name in args.models or list_models(task="backbone"):
         model, default = _build(name, args.flavor)
         size = args.size or (default, default)
         counted = model.macs_module() if hasattr(model, "macs_module") else model  # detectors: backbone + head
@@ -104,6 +96,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     if args.nproc is not None and "RANK" not in os.environ:  # the launcher: N copies of this command, DDP
         return launch_local(args.nproc, python_module_command(strip_nproc(args.argv)))
+    args.task = TRAIN_TASKS[args.task]
     base = get_recipe(args.recipe or DEFAULT_RECIPES[args.task]).for_task(args.task)  # smoke serves every task
     recipe = parse_overrides(base, args.overrides)  # checked before anything is written
     if args.task == "detection":
@@ -128,6 +121,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 DEFAULT_RECIPES = {"detection": "trees-cpu", "classification": "fashion-mnist-cpu", "segmentation": "nuclei-cpu"}
+# `train --task`: the registry's task names, and the training task that runs them (detection covers both detectors)
+TRAIN_TASKS = {"retinanet": "detection", "maskrcnn": "detection", "detection": "detection",
+               "classification": "classification", "segmentation": "segmentation"}
 
 
 def _load_for_inference(path: str, device: str | None, ckpt: dict | None = None):
@@ -342,13 +338,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="spinenet", description="SpineNet backbones in PyTorch.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("list", help="list registered models")
+    p = sub.add_parser("list", help="list registered models (name, task, description, input size)")
     p.add_argument("pattern", nargs="?", help="shell-style filter, e.g. 'spinenet_mobile*'")
+    p.add_argument("--task", choices=("backbone", "retinanet", "maskrcnn", "classification", "segmentation",
+                                      "detection"),
+                   help="only this task's models (detection: RetinaNet and Mask R-CNN)")
     p.set_defaults(func=cmd_list)
 
     p = sub.add_parser("summary", help="parameters and multiply-adds per model")
     p.add_argument("models", nargs="*", metavar="MODEL",
-                   help="registered backbones or detectors, or spinenet-arch/1 files (default: all backbones)")
+                   help="registered models (see `spinenet list`), or spinenet-arch/1 files (default: all backbones)")
     p.add_argument("--size", type=parse_size, help="input H or HxW (default: each model's own input size)")
     p.add_argument("--flavor", choices=("tpu", "model_garden"), help="implementation flavour (default: the model's)")
     p.add_argument("--json", action="store_true", help="print JSON rows {model, params, macs, size, flavor}")
@@ -361,10 +360,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_draw)
 
     p = sub.add_parser("train", help="train a model (one engine and grammar for every task)")
-    p.add_argument("--task", choices=("detection", "classification", "segmentation"), default="detection")
-    p.add_argument("--model", required=True, help="e.g. retinanet_spinenet49s or maskrcnn_spinenet49 (detection; "
-                   "the family follows the name, see `spinenet list`), spinenet49s (classification / segmentation; "
-                   "see spinenet.models.list_classifiers, list_segmenters)")
+    p.add_argument("--task", choices=tuple(TRAIN_TASKS), default="detection",
+                   help="retinanet or maskrcnn (both also as detection: the model name tells them apart), "
+                   "classification, segmentation")
+    p.add_argument("--model", required=True, help="a registered name of the task (`spinenet list --task TASK`): "
+                   "e.g. retinanet_spinenet49s, maskrcnn_spinenet49, classifier_spinenet49s, segmenter_spinenet49s")
     p.add_argument("--data", required=True, help="detection: COCO .json, VOC folder, trees:<yell-train|yell-val|"
                    "osbs|soap>, or nuclei:<left|right|top|bottom> (instance masks); classification: an image folder "
                    "ROOT/<class>/*.jpg|png, or fashion-mnist:<train|test>[:N]; segmentation: "
@@ -438,8 +438,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_convert)
 
     p = sub.add_parser("export", help="export a model to ONNX or a torch.export program (fixed size, dynamic batch)")
-    p.add_argument("model", metavar="MODEL|WEIGHTS", help="registered backbone/detector name, a .safetensors weights file or a training checkpoint "
-                   "(final.pt)")
+    p.add_argument("model", metavar="MODEL|WEIGHTS", help="a registered name (`spinenet list`), a .safetensors "
+                   "weights file or a training checkpoint (final.pt)")
     p.add_argument("--format", choices=("onnx", "exported-program"), default="onnx")
     p.add_argument("--size", type=parse_size, help="input HxW fixed in the export (default: the model's size)")
     p.add_argument("--pre-nms-top-k", type=int, default=1000,
@@ -500,6 +500,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    import warnings
+
+    # a renamed model name still works for a release: say so on the command line too (hidden by default)
+    warnings.filterwarnings("default", category=DeprecationWarning, module=r"spinenet\.")
     args = build_parser().parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # what `train --nproc N` re-runs in each process
     try:

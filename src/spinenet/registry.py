@@ -1,171 +1,197 @@
-"""One registry of named models: ``create_model(name, **overrides)`` and ``list_models(pattern)``."""
+"""One registry of named models: every backbone and task model under one unique name, with its task.
+
+``create_model(name, *, weights=None, **overrides)`` builds any of them (fresh, or from a ``spinenet-weights/1``
+file), ``list_models(pattern=None, task=None)`` lists them. Tasks: ``backbone``, ``retinanet``, ``maskrcnn``,
+``classification``, ``segmentation`` (``detection`` selects RetinaNet and Mask R-CNN together). Names: a
+backbone keeps its own name (``spinenet49``); a task model carries its task as a prefix
+(``retinanet_spinenet49``, ``maskrcnn_spinenet49``, ``classifier_spinenet49``, ``segmenter_spinenet49``).
+
+The rows themselves live with their models (:mod:`spinenet.backbones`, :mod:`spinenet.models`); this module reads
+them into one name space (duplicates raise) and dispatches on the entry's task, never on a name.
+"""
 
 from __future__ import annotations
 
+import difflib
 import fnmatch
-from dataclasses import dataclass, replace
-from typing import Any
+import os
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
 
-import torch
+from torch import nn
 
-from .backbone import SpineNet, init_weights
-from .graph import resolve
-from .specs import FLAVORS, MOBILE_SCALING_MAP, SCALING_MAP, Architecture, Scaling, as_architecture, default_architecture
+from .backbone import SpineNet
+from .backbones import (BN_DEFAULTS, SCALING_FIELDS, ModelDef, Table, backbone_from_json, build_from_config,
+                        config_to_json, create_backbone, get_model_def, list_backbones, register_backbone,
+                        resolve_config)
+from .models.base import set_weights_loader
+from .weights import load_model, read_weights
 
-# PyTorch BN momentum = 1 - TF momentum. TF1 (tpu) RetinaNet/backbone default 0.997 / 1e-4; Model Garden 0.99 / 1e-3.
-BN_DEFAULTS = {"tpu": (1e-4, 0.003), "model_garden": (1e-3, 0.01)}
+__all__ = ["BN_DEFAULTS", "SCALING_FIELDS", "TASKS", "ModelDef", "ModelEntry", "Table", "build_from_config",
+           "canonical_name", "config_to_json", "create_model", "get_entry", "get_model_def", "list_models", "load_weights",
+           "model_from_config", "register", "register_model", "resolve_config"]
+
+TASKS = ("backbone", "retinanet", "maskrcnn", "classification", "segmentation")
+# Task names accepted where a task is asked for, and the registry tasks they stand for.
+TASK_ALIASES: dict[str, tuple[str, ...]] = {"detection": ("retinanet", "maskrcnn")}
 
 
 @dataclass(frozen=True)
-class ModelDef:
-    """A registered backbone: family, scaling and the defaults that differ between families."""
+class ModelEntry:
+    """A registered model: its unique ``name``, ``task``, backbone name, default input side, one-line description,
+    ``build(name, **overrides)`` (fresh weights) and the ``model_class`` whose contract
+    (:mod:`spinenet.models.base`) loads, rebuilds and exports it."""
 
     name: str
-    family: str
-    scaling: Scaling
+    task: str
+    backbone: str
     default_size: int
-    flavor: str = "tpu"
-    activation: str = "relu"
-    description: str = ""
+    description: str
+    build: Callable[..., nn.Module]
+    model_class: type
 
 
-_REGISTRY: dict[str, ModelDef] = {}
-
-
-class Table:
-    """A named table of frozen definitions (detectors, classifiers, segmenters): register once, list, look up."""
-
-    def __init__(self, kind: str) -> None:
-        self.kind = kind
-        self.rows: dict[str, Any] = {}
-
-    def register(self, defn: Any) -> Any:
-        if defn.name in self.rows:
-            raise ValueError(f"{self.kind} {defn.name!r} is already registered")
-        get_model_def(defn.backbone)  # fail at import time on a backbone typo
-        self.rows[defn.name] = defn
-        return defn
-
-    def names(self, pattern: str | None = None) -> list[str]:
-        """Names in table order, optionally filtered by a shell-style pattern."""
-        return [n for n in self.rows if pattern is None or fnmatch.fnmatch(n, pattern)]
-
-    def get(self, name: str) -> Any:
-        try:
-            return self.rows[name]
-        except KeyError:
-            raise ValueError(f"unknown {self.kind} {name!r}; known: {', '.join(self.names())}") from None
+_TASK_ENTRIES: dict[str, ModelEntry] = {}
+_TABLES_READ = False
 
 
 def register(defn: ModelDef) -> ModelDef:
-    if defn.name in _REGISTRY:
+    """Register a backbone row (``ValueError`` if the name is taken by any model)."""
+    if defn.name in _task_entries():
         raise ValueError(f"model {defn.name!r} is already registered")
-    _REGISTRY[defn.name] = defn
-    return defn
+    return register_backbone(defn)
 
 
-for _id, _size in (("49S", 640), ("49", 640), ("96", 1024), ("143", 1280), ("143L", 1280), ("190", 1280)):
-    register(ModelDef(f"spinenet{_id.lower()}", "resnet", SCALING_MAP[_id], _size,
-                      description=f"SpineNet-{_id} (ResNet blocks)"))
-for _id, _size in (("49", 384), ("49S", 384), ("49XS", 256)):
-    register(ModelDef(f"spinenet_mobile{_id.lower()}", "mobile", MOBILE_SCALING_MAP[_id], _size,
-                      flavor="model_garden", activation="swish", description=f"SpineNet-Mobile-{_id} (MBConv + SE)"))
+def register_model(entry: ModelEntry) -> ModelEntry:
+    """Register a task model (``ValueError`` if the name is taken by any model or the task is unknown)."""
+    if entry.task not in TASKS:
+        raise ValueError(f"register_model({entry.name!r}): task {entry.task!r} is not one of {TASKS}")
+    if entry.name in _task_entries() or entry.name in list_backbones():
+        raise ValueError(f"model {entry.name!r} is already registered")
+    _TASK_ENTRIES[entry.name] = entry
+    return entry
 
 
-def list_models(pattern: str | None = None) -> list[str]:
-    """Registered names, optionally filtered by a shell-style pattern (``"spinenet_mobile*"``)."""
-    names = sorted(_REGISTRY, key=lambda n: (_REGISTRY[n].family != "resnet", _REGISTRY[n].scaling.block_repeats,
-                                             _REGISTRY[n].scaling.filter_size_scale, n))
+def _task_entries() -> dict[str, ModelEntry]:
+    """The task models' rows, read from their model modules on first use (keeps ``import spinenet`` light)."""
+    global _TABLES_READ
+    if not _TABLES_READ:
+        _TABLES_READ = True
+        from .models import classification, detection, maskrcnn, segmentation
+
+        tables = [(detection._DETECTORS, detection.create_detector, {"retinanet": detection.SpineNetRetinaNet,
+                                                                      "maskrcnn": maskrcnn.SpineNetMaskRCNN}),
+                  (classification._CLASSIFIERS, classification.create_classifier,
+                   {"classification": classification.SpineNetClassifier}),
+                  (segmentation._SEGMENTERS, segmentation.create_segmenter,
+                   {"segmentation": segmentation.SpineNetSegmenter})]
+        rows = []
+        for table, build, classes in tables:
+            for defn in table.rows.values():
+                size = getattr(defn, "image_size", None) or get_model_def(defn.backbone).default_size
+                rows.append(ModelEntry(defn.name, defn.task, defn.backbone, size, defn.description, build,
+                                       classes[defn.task]))
+        for entry in sorted(rows, key=lambda e: TASKS.index(e.task)):  # stable: table order within a task
+            register_model(entry)
+    return _TASK_ENTRIES
+
+
+def _backbone_entry(name: str) -> ModelEntry:
+    d = get_model_def(name)
+    return ModelEntry(d.name, "backbone", d.name, d.default_size, d.description, create_backbone, SpineNet)
+
+
+def _tasks(task: str | None) -> tuple[str, ...]:
+    if task is None:
+        return TASKS
+    if task in TASKS:
+        return (task,)
+    if task in TASK_ALIASES:
+        return TASK_ALIASES[task]
+    raise ValueError(f"unknown task {task!r}; expected one of {TASKS} (or {', '.join(TASK_ALIASES)})")
+
+
+def list_models(pattern: str | None = None, task: str | None = None) -> list[str]:
+    """Registered names, backbones first (ResNet family, smallest first), then RetinaNet, Mask R-CNN, classifier
+    and segmenter rows; filtered by a shell-style ``pattern`` (``"*mobile*"``) and a ``task``."""
+    tasks = _tasks(task)
+    names = list_backbones() if "backbone" in tasks else []
+    if tasks != ("backbone",):
+        names += [n for n, e in _task_entries().items() if e.task in tasks]
     return [n for n in names if pattern is None or fnmatch.fnmatch(n, pattern)]
 
 
-def get_model_def(name: str) -> ModelDef:
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        close = fnmatch.filter(_REGISTRY, f"*{name.lower()}*")
-        hint = f" Did you mean {close}?" if close else ""
-        raise ValueError(f"unknown model {name!r}.{hint} Known: {', '.join(list_models())}") from None
+def canonical_name(name: str, task: str) -> str:
+    """Today's name of ``name`` for a model of ``task`` (a classifier or segmenter name of the 0.1.0 release, i.e.
+    its backbone's name, becomes ``classifier_*`` / ``segmenter_*``); any other name is returned as is."""
+    for entry in _task_entries().values():
+        if entry.task in _tasks(task):
+            legacy = getattr(entry.model_class, "legacy_names", {})
+            if name in legacy:
+                return legacy[name]
+    return name
 
 
-SCALING_FIELDS = ("endpoints_num_filters", "filter_size_scale", "resample_alpha", "block_repeats", "se_ratio",
-                  "expand_ratio")
+def get_entry(name: str) -> ModelEntry:
+    """The registry entry of ``name`` (``ValueError`` naming close matches otherwise)."""
+    entries = _task_entries()
+    if name in entries:
+        return entries[name]
+    if name in list_backbones():
+        return _backbone_entry(name)
+    known = list_models()
+    close = [n for n in known if name.lower() in n] or difflib.get_close_matches(name.lower(), known, n=4)
+    hint = f" Did you mean {close[:6]}?" if close else ""
+    raise ValueError(f"unknown model {name!r}.{hint} See spinenet.list_models() or `spinenet list`") from None
 
 
-def resolve_config(name: str, **overrides: Any) -> dict[str, Any]:
-    """The full configuration of ``name`` with ``overrides`` applied (what the model is built from)."""
-    defn = get_model_def(name)
-    known = set(SCALING_FIELDS) | {"flavor", "min_level", "max_level", "activation", "stochastic_depth_rate",
-                                   "bn_eps", "bn_momentum", "block_specs"}
-    unknown = set(overrides) - known
-    if unknown:
-        raise ValueError(f"create_model({name!r}): unknown override(s) {sorted(unknown)}; known: {sorted(known)}")
-    flavor = overrides.get("flavor") or defn.flavor
-    if flavor not in FLAVORS:
-        raise ValueError(f"flavor={flavor!r}: expected one of {FLAVORS}")
-    arch = default_architecture(defn.family, flavor)
-    scaling = defn.scaling
-    if overrides.get("block_specs") is not None:
-        arch = as_architecture(overrides["block_specs"], defn.family)
-        if arch.family != defn.family:
-            raise ValueError(f"block_specs: a {arch.family!r} architecture cannot build {name} ({defn.family!r} family)")
-        if arch.scaling is not None:
-            scaling = arch.scaling
-    scaling = replace(scaling, **{k: overrides[k] for k in SCALING_FIELDS if overrides.get(k) is not None})
-    eps, momentum = BN_DEFAULTS[flavor]
-    return {
-        "name": name,
-        "family": defn.family,
-        "flavor": flavor,
-        "architecture": arch,
-        "scaling": scaling,
-        "min_level": overrides.get("min_level") or 3,
-        "max_level": overrides.get("max_level") or 7,
-        "activation": overrides.get("activation") or defn.activation,
-        "stochastic_depth_rate": float(overrides.get("stochastic_depth_rate") or 0.0),
-        "bn_eps": overrides["bn_eps"] if overrides.get("bn_eps") is not None else eps,
-        "bn_momentum": overrides["bn_momentum"] if overrides.get("bn_momentum") is not None else momentum,
-    }
+def create_model(name: str, *, weights: str | os.PathLike | None = None, **overrides: Any) -> nn.Module:
+    """Build any registered model: a SpineNet backbone (paper section 3; scaling rules section 3.4), a RetinaNet
+    (section 4.1), a Mask R-CNN (section 5.4), a classifier (section 4.2) or a segmenter.
 
+    ``overrides`` go to the entry's builder: for a backbone ``flavor`` ("tpu": the TF1 code behind the paper's
+    checkpoints, default for ResNet blocks; "model_garden": TF2 Model Garden), ``min_level``/``max_level``,
+    ``activation`` (relu|swish|hard_swish), ``stochastic_depth_rate``, ``bn_eps``, ``bn_momentum`` (PyTorch
+    convention: 1 - TF momentum), every scaling field (``filter_size_scale``, ``endpoints_num_filters``,
+    ``resample_alpha``, ``block_repeats``; mobile also ``se_ratio``, ``expand_ratio``) and ``block_specs`` (an
+    :class:`~spinenet.specs.Architecture`, a path to a ``spinenet-arch/1`` file, a mapping or a list of
+    ``(level, block_fn, input_offsets, is_output)``); task models add ``num_classes``, ``image_size`` and their
+    head settings (:func:`spinenet.models.create_detector`, ``create_classifier``, ``create_segmenter``).
 
-def build_from_config(cfg: dict[str, Any]) -> SpineNet:
-    """Build on the meta device, then materialise once with the official initialisation (no double init)."""
-    graph = resolve(cfg["architecture"], cfg["scaling"], cfg["flavor"], cfg["min_level"], cfg["max_level"],
-                    cfg["stochastic_depth_rate"])
-    device = torch.get_default_device()
-    with torch.device("meta"):
-        model = SpineNet(graph, cfg["activation"], cfg["bn_eps"], cfg["bn_momentum"], config=cfg)
-    if device.type != "meta":
-        model.to_empty(device=device)
-        init_weights(model)
-    return model
-
-
-def create_model(name: str, *, weights: str | None = None, **overrides: Any) -> SpineNet:
-    """Build a registered SpineNet backbone (paper section 3; scaling rules section 3.4).
-
-    Overrides: ``flavor`` ("tpu": the TF1 code behind the paper's checkpoints, default for ResNet blocks;
-    "model_garden": TF2 Model Garden), ``min_level``/``max_level``, ``activation`` (relu|swish|hard_swish),
-    ``stochastic_depth_rate``, ``bn_eps``, ``bn_momentum`` (PyTorch convention: 1 - TF momentum), every scaling
-    field (``filter_size_scale``, ``endpoints_num_filters``, ``resample_alpha``, ``block_repeats``; mobile also
-    ``se_ratio``, ``expand_ratio``) and ``block_specs`` (an :class:`~spinenet.specs.Architecture`, a path to a
-    ``spinenet-arch/1`` file, a mapping or a list of ``(level, block_fn, input_offsets, is_output)``).
-
-    ``weights``: a ``spinenet-weights/1`` safetensors file (``spinenet convert``; a backbone, detector or classifier
-    file, whose backbone is taken): the model is rebuilt from the configuration saved in it and loaded; overrides
-    that would change the saved tensors' meaning raise ``ValueError`` (see :mod:`spinenet.convert.weights`).
+    ``weights``: a ``spinenet-weights/1`` safetensors file (``spinenet convert``,
+    :func:`spinenet.weights.save_weights`).
+    A file of the model's task rebuilds the saved model (another ``num_classes`` re-initialises the class
+    predictor); any other file seeds the backbone. Overrides that would change the saved tensors' meaning raise
+    ``ValueError`` (:mod:`spinenet.weights`); the load report is on ``model.weights_report``.
     """
+    entry = get_entry(name)
     if weights is not None:
-        from .convert.weights import load_backbone
-
-        return load_backbone(name, weights, **overrides)
-    return build_from_config(resolve_config(name, **overrides))
+        return load_model(entry, weights, **overrides)
+    return entry.build(name, **overrides)
 
 
-def config_to_json(cfg: dict[str, Any]) -> dict[str, Any]:
-    """A JSON-serialisable copy of a resolved configuration (architecture and scaling as dicts)."""
-    out = dict(cfg)
-    arch: Architecture = out.pop("architecture")
-    out["architecture"] = arch.to_dict()
-    out["scaling"] = out["scaling"].to_dict()
-    return out
+def load_weights(path: str | os.PathLike, **overrides: Any) -> nn.Module:
+    """The model a weights file holds, built by the name saved in it: ``create_model(<its name>, weights=path)``."""
+    wf = read_weights(path)
+    classes = {e.task: e.model_class for e in _task_entries().values()}
+    migrate = getattr(classes.get(wf.task), "migrate_config", None)
+    name = (migrate(wf.config) if migrate else wf.config)["name"]
+    return create_model(name, weights=path, **overrides)
+
+
+def model_from_config(config: Mapping[str, Any]) -> nn.Module:
+    """Rebuild (fresh weights) the model a JSON configuration describes: a task model's ``model.to_config()`` or
+    a checkpoint's ``model_config`` (by its ``"format"``), or a backbone's configuration."""
+    if not isinstance(config, Mapping):
+        raise ValueError(f"model config: expected a mapping, got {type(config).__name__}")
+    if "format" not in config and "architecture" in config:
+        return backbone_from_json(config)
+    by_format = {e.model_class.config_format: e.model_class for e in _task_entries().values()}
+    cls = by_format.get(config.get("format"))
+    if cls is None:
+        raise ValueError(f"model config: field 'format' is {config.get('format')!r}; expected one of "
+                         f"{sorted(by_format)} (or a backbone configuration)")
+    return cls.from_config(config)
+
+
+set_weights_loader(create_model)

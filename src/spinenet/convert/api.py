@@ -145,10 +145,12 @@ def build_model(task: str, model: str, source: str, settings: Mapping[str, Any])
         detector.config["class_names"] = list(names) if names is not None else None
         return detector
     if task == "classification":
-        from ..models.classification import create_classifier
+        from ..models.classification import create_classifier, list_classifiers
 
         num_classes = opts.pop("num_classes", None) or 1001
-        return create_classifier(model, num_classes, **opts)
+        # --model names the classifier or its backbone (as for detectors)
+        name = f"classifier_{model}" if f"classifier_{model}" in list_classifiers() else model
+        return create_classifier(name, num_classes, **opts)
     raise ValueError(f"--task {task!r}: expected one of {CONVERT_TASKS}")
 
 

@@ -25,7 +25,7 @@ from typing import Any, Callable, Sequence
 import torch
 from torchvision.transforms.v2 import functional as F
 
-from ..models.classification import IMAGENET_MEAN
+from ..constants import IMAGENET_MEAN
 
 __all__ = [
     "PAD_FILL",

@@ -207,7 +207,9 @@ class Trainer:
             raise ValueError(f"{where} holds a {ckpt['task']} run; resume it with --task {ckpt['task']}")
         trained = (ckpt.get("model_config") or {}).get("name")
         wanted = getattr(self.task, "model_name", None)
-        if trained and wanted and trained != wanted:
+        from ..registry import canonical_name  # a model name of the previous release names the same model
+
+        if trained and wanted and canonical_name(trained, ckpt["task"]) != canonical_name(wanted, ckpt["task"]):
             raise ValueError(f"{where} was trained with --model {trained}, not {wanted}; resume with --model "
                              f"{trained}, or start a new run with another --out")
         before = Recipe.from_dict(ckpt.get("recipe") or {}, source=str(self.last))
@@ -233,7 +235,7 @@ class Trainer:
         if r.optim.channels_last:  # convolutions then pick NHWC kernels for NCHW inputs too; state_dict is unchanged
             self.model = self.model.to(memory_format=torch.channels_last)
         if r.model.init_weights and not self.resume:  # fine-tuning: spinenet-weights/1 file (docs/weights.md)
-            from ..convert.weights import load_pretrained
+            from ..weights import load_pretrained
 
             report = load_pretrained(self.model, r.model.init_weights)
             if self.dist.is_main:

@@ -12,7 +12,7 @@ The optional 1x1 embedding conv of the official head is not built: every officia
 Defaults follow the TPU classification configuration (``classification_config.py`` +
 ``spinenet*_classification.yaml``, spec 3.8 / 7.2): tpu flavour, swish, BN epsilon 1e-5 and TF momentum 0.9
 (PyTorch ``momentum=0.1``), drop-connect 0.2 (training only), label smoothing 0.1, dropout 0, 1001 classes
-(index 0 = background, 1..1000 = ImageNet in synset order, see :mod:`spinenet.data.imagenet_classes`).
+(index 0 = background, 1..1000 = ImageNet in synset order, see :mod:`spinenet.constants`).
 With 1001 classes the trainable parameter counts equal the official ones (spec 3.13): 49 22,088,745;
 96 36,520,233; 143 60,504,873; 190 127,101,177.
 
@@ -27,18 +27,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
+import warnings
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..backbone import SpineNet
+from ..backbone import SpineNet, check_input
+from ..backbones import BACKBONE_OVERRIDES, Table, backbone_from_json, config_to_json, get_model_def, resolve_config
+from ..constants import IMAGENET_MEAN, IMAGENET_STD, imagenet_1001_names, imagenet_class_names
 from ..layers import resize_nearest
-from ..registry import Table, config_to_json, get_model_def, resolve_config
-from .detection import _backbone_from_json
+from .base import TaskModel, load_weights, training_overrides
 
 CLASSIFIER_FORMAT = "spinenet-classifier/1"
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 # TPU classification config (spec 3.8, 7.2): backbone settings the classifiers default to.
 CLASSIFIER_BACKBONE_DEFAULTS: dict[str, Any] = {"activation": "swish", "bn_eps": 1e-5, "bn_momentum": 0.1,
                                                 "stochastic_depth_rate": 0.2}
@@ -54,8 +55,12 @@ class ClassifierDef:
     image_size: int = 224
     description: str = ""
 
+    task = "classification"  # not a field: the registry's task of these rows
+
 
 _CLASSIFIERS = Table("classifier")
+# Names of the classifiers in the 0.1.0 release (the backbone's name); create_classifier still takes them.
+LEGACY_NAMES: dict[str, str] = {}
 
 
 
@@ -67,17 +72,28 @@ def register_classifier(defn: ClassifierDef) -> ClassifierDef:
 # mobile backbones (no official classifier; same head on their 48/40/24-wide endpoints).
 for _backbone in ("spinenet49s", "spinenet49", "spinenet96", "spinenet143", "spinenet190", "spinenet_mobile49",
                   "spinenet_mobile49s", "spinenet_mobile49xs"):
-    register_classifier(ClassifierDef(_backbone, _backbone,
+    register_classifier(ClassifierDef(f"classifier_{_backbone}", _backbone,
                                       description=f"{get_model_def(_backbone).description} + TF1 classification head"))
+    LEGACY_NAMES[_backbone] = f"classifier_{_backbone}"
 
 
 def list_classifiers(pattern: str | None = None) -> list[str]:
-    """Registered classifier names (the backbone names) in table order, optionally filtered by a shell pattern."""
+    """Registered classifier names (``classifier_<backbone>``) in table order, optionally filtered by a shell
+    pattern."""
     return _CLASSIFIERS.names(pattern)
 
 
+def classifier_name(name: str) -> str:
+    """``name``, or today's name for a classifier name of the 0.1.0 release (with a ``DeprecationWarning``)."""
+    if name in LEGACY_NAMES and name not in _CLASSIFIERS.rows:
+        warnings.warn(f"classifier name {name!r} is deprecated; use {LEGACY_NAMES[name]!r} (the registry's unique "
+                      "name); the old name is kept for one release", DeprecationWarning, stacklevel=3)
+        return LEGACY_NAMES[name]
+    return name
+
+
 def get_classifier_def(name: str) -> ClassifierDef:
-    return _CLASSIFIERS.get(name)
+    return _CLASSIFIERS.get(classifier_name(name))
 
 
 # ------------------------------------------------------------------------------------------------ shared pieces
@@ -170,7 +186,7 @@ class ClassifierHead(nn.Module):
         return self.fc(self.dropout(x))
 
 
-class SpineNetClassifier(nn.Module):
+class SpineNetClassifier(TaskModel, nn.Module):
     """SpineNet backbone + the official TF1 classification head (paper section 4.2, spec 3.13).
 
     Build with :func:`create_classifier`; ``config`` is the JSON-safe description that
@@ -181,6 +197,11 @@ class SpineNetClassifier(nn.Module):
     ``forward(images)`` -> logits ``[N, num_classes]``; ``forward(images, labels)`` -> ``{"loss": cross-entropy
     with the configured label smoothing}`` (labels int64 ``[N]`` in ``0..num_classes-1``), in either mode.
     """
+
+    task = "classification"
+    config_format = CLASSIFIER_FORMAT
+    reinit_on_num_classes = ("head.fc.",)
+    legacy_names = LEGACY_NAMES
 
     def __init__(self, backbone: SpineNet, num_classes: int, dropout: float = 0.0, label_smoothing: float = 0.0,
                  normalize: Mapping[str, Sequence[float]] | None = None,
@@ -242,6 +263,40 @@ class SpineNetClassifier(nn.Module):
         self.head = head.to(ref.dtype)
         self.config.update(num_classes=num_classes, class_names=names)
 
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> SpineNetClassifier:
+        return create_classifier_from_config(config)
+
+    @classmethod
+    def config_for_weights(cls, saved: Mapping[str, Any], *, num_classes: int | None = None,
+                           class_names: Sequence[str] | None = None, **overrides: Any
+                           ) -> tuple[dict[str, Any], tuple[str, ...]]:
+        """A saved classifier with other ``dropout``, ``label_smoothing``, ``normalize``, ``image_size``,
+        training-only backbone settings, or another ``num_classes`` (the dense layer is re-initialised)."""
+        config = cls.migrate_config(saved)
+        head = {k: overrides.pop(k) for k in list(overrides) if k in CLASSIFIER_SETTINGS}
+        unknown = set(overrides) - set(BACKBONE_OVERRIDES)
+        if unknown:
+            raise ValueError(f"unknown setting(s) {sorted(unknown)} for a classifier; known: "
+                             f"{sorted(CLASSIFIER_SETTINGS)} and the backbone's")
+        training_overrides(config, overrides)
+        if "normalize" in head:
+            head["normalize"] = normalize_json(head["normalize"])
+        config.update(head)
+        reinit: tuple[str, ...] = ()
+        if num_classes is not None and num_classes != config["num_classes"]:
+            config["num_classes"], config["class_names"] = num_classes, None
+            reinit = cls.reinit_on_num_classes
+        if class_names is not None:
+            if len(class_names) != config["num_classes"]:
+                raise ValueError(f"class_names has {len(class_names)} entries, num_classes is {config['num_classes']}")
+            config["class_names"] = [str(n) for n in class_names]
+        return config, reinit
+
+    def export_module(self, size: tuple[int, int], **options: Any) -> nn.Module:
+        """Logits ``[N, num_classes]`` of a ``[N, 3, H, W]`` RGB batch in [0, 1] at a fixed size."""
+        return ClassifierExport(self, size)
+
     def decode(self, logits: torch.Tensor, k: int = 5) -> list[list[tuple[str, float]]]:
         """Top-``k`` ``(class name, probability)`` per image (names from ``config["class_names"]`` or ``"<index>"``)."""
         probs = logits.float().softmax(dim=-1)
@@ -251,7 +306,24 @@ class SpineNetClassifier(nn.Module):
                 for ps, idx in zip(top.values, top.indices)]
 
 
+class ClassifierExport(nn.Module):
+    """A classifier on a ``[N, 3, H, W]`` tensor, returning logits."""
+
+    output_names = ["logits"]
+
+    def __init__(self, classifier: nn.Module, size: tuple[int, int]) -> None:
+        super().__init__()
+        self.classifier, self.size = classifier, tuple(size)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        check_input(images, self.size)
+        return self.classifier(images)
+
+
 # ---------------------------------------------------------------------------------------------------- builders
+CLASSIFIER_SETTINGS = ("dropout", "label_smoothing", "normalize", "image_size")
+
+
 def _num_classes(value: Any, what: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ValueError(f"{what}: num_classes must be a non-negative integer, got {value!r}")
@@ -261,8 +333,6 @@ def _num_classes(value: Any, what: str) -> int:
 def _class_names(names: Sequence[str] | None, num_classes: int, what: str) -> list[str] | None:
     """Explicit names, or ImageNet's for 1001 (background + 1000) and 1000 classes, else None."""
     if names is None:
-        from ..data.imagenet_classes import imagenet_1001_names, imagenet_class_names
-
         if num_classes == 1001:
             return imagenet_1001_names()
         if num_classes == 1000:
@@ -297,17 +367,18 @@ def create_classifier(name: str, num_classes: int | None = None, *, dropout: flo
     ``weights``: a ``spinenet-weights/1`` file (``spinenet convert``). A classifier file rebuilds the saved model
     (``num_classes`` defaults to the file's; another count re-initialises the dense layer); a backbone or detector
     file seeds the backbone only. ``dropout``/``label_smoothing``/``normalize``/``image_size`` are taken from the
-    file unless given (:mod:`spinenet.convert.weights`).
-    """
-    if weights is not None:
-        from ..convert.weights import load_classifier
+    file unless given (:mod:`spinenet.weights`).
 
+    ``name`` is ``classifier_<backbone>``; the backbone's own name (the 0.1.0 classifier names) still works, with a
+    ``DeprecationWarning``.
+    """
+    name = classifier_name(name)
+    if weights is not None:
         defaults = {"dropout": 0.0, "label_smoothing": 0.1, "normalize": True, "image_size": None}
         given = {k: v for k, v in (("dropout", dropout), ("label_smoothing", label_smoothing),
                                    ("normalize", normalize), ("image_size", image_size)) if v != defaults[k]}
-        return load_classifier(name, weights, num_classes=num_classes,
-                               class_names=list(class_names) if class_names is not None else None,
-                               **given, **overrides)
+        return load_weights(name, weights, num_classes=num_classes,
+                            class_names=list(class_names) if class_names is not None else None, **given, **overrides)
     if num_classes is None:
         num_classes = 1001
     defn = get_classifier_def(name)
@@ -333,9 +404,8 @@ def create_classifier(name: str, num_classes: int | None = None, *, dropout: flo
 
 def create_classifier_from_config(config: Mapping[str, Any]) -> SpineNetClassifier:
     """Rebuild a classifier from ``model.config`` (e.g. read back from a checkpoint); same modules, fresh weights."""
-    if not isinstance(config, Mapping) or config.get("format") != CLASSIFIER_FORMAT:
-        found = config.get("format") if isinstance(config, Mapping) else type(config).__name__
-        raise ValueError(f"classifier config: field 'format' is {found!r}; expected {CLASSIFIER_FORMAT!r}")
+    SpineNetClassifier.check_format(config, "classifier")
+    config = SpineNetClassifier.migrate_config(config)
     missing = {"name", "num_classes", "dropout", "backbone"} - set(config)
     if missing:
         raise ValueError(f"classifier config: missing field(s) {sorted(missing)}")
@@ -344,7 +414,7 @@ def create_classifier_from_config(config: Mapping[str, Any]) -> SpineNetClassifi
     if names is not None and len(names) != num_classes:
         raise ValueError(f"classifier config: class_names has {len(names)} entries, num_classes is {num_classes}")
     normalize = normalize_json(config.get("normalize"))
-    backbone = _backbone_from_json(config["backbone"])
+    backbone = backbone_from_json(config["backbone"], "classifier config: backbone")
     full = {"image_size": 224, "label_smoothing": 0.0, "class_names": None, **config, "normalize": normalize}
     return SpineNetClassifier(backbone, num_classes, _rate(config["dropout"], "classifier config: dropout"),
                               _rate(full["label_smoothing"], "classifier config: label_smoothing"), normalize,

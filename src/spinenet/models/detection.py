@@ -30,17 +30,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
+import math
+
 import torch
 from torch import nn
 from torchvision.models.detection import RetinaNet
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
-from torchvision.ops import batched_nms, box_iou, clip_boxes_to_image
+from torchvision.ops import batched_nms, box_iou, clip_boxes_to_image, nms
 
-from ..backbone import SpineNet
-from ..registry import Table, build_from_config, config_to_json, get_model_def, resolve_config
-from ..specs import Architecture, Scaling
+from ..backbone import SpineNet, check_input
+from ..backbones import BACKBONE_OVERRIDES, Table, backbone_from_json, config_to_json, get_model_def, resolve_config
 from .anchors import MultilevelAnchors
 from .atss import DEFAULT_TOPK, anchor_levels, atss_match
+from .base import TaskModel, load_weights, training_overrides
 from .box_coder import BoxCoder
 from .retinanet_head import RetinaNetHead
 from .retinanet_loss import retinanet_loss
@@ -84,6 +86,8 @@ class DetectorDef:
     image_size: int
     activation: str
     description: str = ""
+
+    task = "retinanet"  # not a field: the registry's task of these rows
 
 
 _DETECTORS = Table("detector")
@@ -187,7 +191,7 @@ class _Transform(GeneralizedRCNNTransform):
         return result
 
 
-class SpineNetRetinaNet(RetinaNet):
+class SpineNetRetinaNet(TaskModel, RetinaNet):
     """torchvision ``RetinaNet`` with SpineNet P3-P7, official anchors, box coding, loss and post-processing.
 
     Build it with :func:`create_detector`. ``config`` is the JSON-serialisable description that
@@ -195,6 +199,10 @@ class SpineNetRetinaNet(RetinaNet):
     dict goes straight into torchvision's ``forward``, which takes ``list(features.values())``: SpineNet builds
     that dict in ascending level order, which is the order the head's per-level BatchNorms and the anchors use.
     """
+
+    task = "retinanet"
+    config_format = DETECTOR_FORMAT
+    reinit_on_num_classes = ("head.classifier.",)
 
     def __init__(self, backbone: SpineNet, head: RetinaNetHead, anchors: MultilevelAnchors, num_classes: int,
                  image_size: int, *, score_thresh: float = 0.05, nms_thresh: float = 0.5,
@@ -264,6 +272,108 @@ class SpineNetRetinaNet(RetinaNet):
         """A module running backbone + head on one tensor, for :func:`spinenet.profile.count_macs`."""
         return _DenseForward(self.backbone, self.head)
 
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> SpineNetRetinaNet:
+        return create_detector_from_config(config)
+
+    @classmethod
+    def config_for_weights(cls, saved: Mapping[str, Any], *, num_classes: int | None = None,
+                           image_size: int | None = None, **overrides: Any) -> tuple[dict[str, Any], tuple[str, ...]]:
+        """A saved detector with other post-processing, loss or matching settings, input size, training-only
+        backbone settings, or another ``num_classes`` (the class predictor is re-initialised); the head geometry
+        must be the saved one."""
+        config = cls.migrate_config(saved)
+        saved_head = {"head_convs": config["head"]["num_convs"], "head_width": config["head"]["num_filters"],
+                      "anchor_size": config["anchors"]["anchor_size"]}
+        for key in HEAD_OVERRIDES:
+            if key in overrides and overrides[key] != saved_head[key]:
+                raise ValueError(f"saved with {key}={saved_head[key]!r}; you asked for {overrides[key]!r}")
+        for section, keys in CONFIG_SECTIONS.items():
+            for key in keys:
+                if key in overrides:  # files saved before "matching" existed lack that section
+                    config.setdefault(section, {})[key] = overrides[key]
+        unknown = set(overrides) - set(DETECTOR_OVERRIDES) - set(BACKBONE_OVERRIDES)
+        if unknown:
+            raise ValueError(f"unknown setting(s) {sorted(unknown)} for a RetinaNet; known: "
+                             f"{sorted(DETECTOR_OVERRIDES)} and the backbone's")
+        training_overrides(config, overrides, "head")
+        if image_size is not None:
+            config["image_size"] = image_size
+        reinit: tuple[str, ...] = ()
+        if num_classes is not None and num_classes != config["num_classes"]:
+            config["num_classes"] = num_classes
+            config.pop("class_names", None)
+            reinit = cls.reinit_on_num_classes
+        return config, reinit
+
+    def export_module(self, size: tuple[int, int], *, pre_nms_top_k: int = 1000, **options: Any) -> nn.Module:
+        """Boxes, scores and labels for ``detections_per_img`` detections at a fixed size (:class:`DetectorExport`).
+        The size must be a multiple of ``backbone.size_divisibility``: the eager model pads its input to that."""
+        div = self.backbone.size_divisibility
+        if size[0] % div or size[1] % div:
+            raise ValueError(f"--size {size[0]}x{size[1]}: a detector export needs multiples of {div} (the eager "
+                             f"model pads its input to that); e.g. --size {div * math.ceil(size[0] / div)}x"
+                             f"{div * math.ceil(size[1] / div)}")
+        return DetectorExport(self, size, pre_nms_top_k).eval()
+
+
+class DetectorExport(nn.Module):
+    """A :class:`SpineNetRetinaNet` as one traceable graph: normalise, backbone, head, decode, select with static
+    shapes (:mod:`spinenet.export` explains the selection). Returns ``(boxes, scores, labels)``."""
+
+    output_names = ["boxes", "scores", "labels"]
+
+    def __init__(self, detector: nn.Module, size: tuple[int, int], pre_nms_top_k: int = 1000) -> None:
+        super().__init__()
+        height, width = size
+        self.size = size
+        self.backbone, self.head = detector.backbone, detector.head
+        t = detector.transform
+        self.register_buffer("pixel_mean", torch.tensor(t.image_mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(t.image_std).view(1, 3, 1, 1), persistent=False)
+        gen = detector.anchor_generator
+        anchors = [gen.level_anchors(level, math.ceil(height / 2 ** level), math.ceil(width / 2 ** level))
+                   for level in gen.levels]
+        self.register_buffer("anchors", torch.cat(anchors), persistent=False)
+        self.box_coder = detector.box_coder
+        self.num_classes = detector.num_classes
+        self.score_thresh, self.nms_thresh = float(detector.score_thresh), float(detector.nms_thresh)
+        self.detections_per_img = int(detector.detections_per_img)
+        self.pre_nms_top_k = int(pre_nms_top_k)
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        check_input(images, self.size)
+        height, width = self.size
+        x = (images - self.pixel_mean) / self.pixel_std
+        cls_maps, box_maps = self.head.forward_levels(list(self.backbone(x).values()))
+        logits = RetinaNetHead.flatten(cls_maps, self.num_classes).float()  # [N, A, K]
+        deltas = RetinaNetHead.flatten(box_maps, 4)
+        boxes = self.box_coder.decode(deltas, self.anchors)  # [N, A, 4] xyxy
+        boxes = self.box_coder.clip_boxes(boxes, (height, width))  # the detector's decoding (standard or TF1)
+        fg = self.num_classes - 1
+        scores = torch.sigmoid(logits[..., 1:]).reshape(logits.shape[0], -1)  # index = anchor * fg + class
+        k = min(self.pre_nms_top_k, scores.shape[1])
+        top_scores, top_index = scores.topk(k, dim=1)
+        anchor_index, class_index = top_index // fg, top_index % fg
+        cand = torch.gather(boxes, 1, anchor_index.unsqueeze(-1).expand(-1, -1, 4))  # [N, k, 4]
+        valid = top_scores > self.score_thresh
+        # one NMS call for all images and classes: group g = image * (fg + 1) + class (fg = below threshold) sits
+        # at tile (g % cols, g // cols), so no two groups overlap; 2-D tiling keeps offsets (float32 precision) small
+        batch = torch.arange(images.shape[0], device=images.device).unsqueeze(1)
+        group = batch * (fg + 1) + torch.where(valid, class_index, torch.full_like(class_index, fg))
+        cols = 64
+        shift = torch.stack([(group % cols) * (width + 1), (group // cols) * (height + 1)], dim=-1).to(cand.dtype)
+        shifted = cand + shift.repeat(1, 1, 2)
+        keep = nms(shifted.reshape(-1, 4), top_scores.reshape(-1), self.nms_thresh)
+        kept = torch.zeros(top_scores.numel(), dtype=torch.bool, device=images.device).index_fill(0, keep, True)
+        final = torch.where(kept.view_as(valid) & valid, top_scores, torch.zeros_like(top_scores))
+        d = min(self.detections_per_img, k)
+        out_scores, order = final.topk(d, dim=1)
+        present = out_scores > 0
+        out_boxes = torch.gather(cand, 1, order.unsqueeze(-1).expand(-1, -1, 4)) * present.unsqueeze(-1)
+        labels = (torch.gather(class_index, 1, order) + 1) * present
+        return out_boxes, out_scores, labels
+
 
 def detector_macs(model: SpineNetRetinaNet, size: int | tuple[int, int] | None = None) -> int:
     """Multiply-adds of backbone + head convolutions at ``size`` (default: the model's ``image_size``); the
@@ -306,15 +416,13 @@ def create_detector(name: str, *, num_classes: int | None = None, image_size: in
     ``weights``: a ``spinenet-weights/1`` file (``spinenet convert``). A detector file rebuilds the saved detector
     (``num_classes`` defaults to the file's; another count re-initialises the class predictor only, for
     fine-tuning); a backbone or classifier file seeds the backbone and leaves the head freshly initialised. The
-    report is on ``model.weights_report`` (:mod:`spinenet.convert.weights`).
+    report is on ``model.weights_report`` (:mod:`spinenet.weights`).
 
     Rows of other families in the same table (``maskrcnn_*``, :mod:`.maskrcnn`) are built by their family's
     builder, which takes the same ``num_classes`` / ``image_size`` and its own overrides.
     """
     if weights is not None:
-        from ..convert.weights import load_detector
-
-        return load_detector(name, weights, num_classes=num_classes, image_size=image_size, **overrides)
+        return load_weights(name, weights, num_classes=num_classes, image_size=image_size, **overrides)
     if num_classes is None:
         num_classes = 91
     defn = get_detector_def(name)
@@ -352,10 +460,7 @@ def create_detector(name: str, *, num_classes: int | None = None, image_size: in
 
 
 def _backbone_from_json(data: Mapping[str, Any]) -> SpineNet:
-    cfg = dict(data)
-    cfg["architecture"] = Architecture.from_dict(cfg["architecture"], source="detector config: backbone.architecture")
-    cfg["scaling"] = Scaling(**cfg["scaling"])
-    return build_from_config(cfg)
+    return backbone_from_json(data, "detector config: backbone")
 
 
 def create_detector_from_config(config: Mapping[str, Any]) -> SpineNetRetinaNet:

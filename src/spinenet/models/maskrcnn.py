@@ -42,6 +42,7 @@ official model zoo (tests/test_maskrcnn.py).
 from __future__ import annotations
 
 import copy
+import math
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Mapping
@@ -50,14 +51,17 @@ import torch
 from torch import nn
 from torchvision.models.detection import MaskRCNN
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
-from torchvision.ops import MultiScaleRoIAlign
+from torchvision.models.detection.rpn import concat_box_prediction_layers
+from torchvision.ops import MultiScaleRoIAlign, nms, roi_align
 
+from ..backbone import check_input
+from ..backbones import BACKBONE_OVERRIDES, backbone_from_json, config_to_json, get_model_def
 from ..layers.ops import get_activation
-from ..registry import config_to_json, get_model_def
 from .anchors import MultilevelAnchors
+from .base import TaskModel, load_weights, training_overrides
+from .detection import ASPECT_RATIOS, _positive_int, _Transform, detector_backbone_config, register_detector, \
+    register_detector_family
 from .tf1_boxes import check_box_decoding, use_tf1_decoding
-from .detection import ASPECT_RATIOS, _backbone_from_json, _positive_int, _Transform, detector_backbone_config, \
-    register_detector, register_detector_family
 
 MASKRCNN_FORMAT = "spinenet-maskrcnn/1"
 BOX_POOL_SIZE = 7  # RoIAlign output of the box head (official and torchvision)
@@ -97,6 +101,7 @@ class MaskRCNNDef:
     activation: str
     description: str = ""
     family = "maskrcnn"  # not a field: read by ``spinenet list``
+    task = "maskrcnn"  # not a field: the registry's task of these rows
 
 
 # TF BN momentum 0.99 / eps 1e-3 of every SpineNet Mask R-CNN yaml, in the PyTorch convention.
@@ -217,7 +222,7 @@ class _DenseForward(nn.Module):
         return self.rpn_head(list(self.backbone(x).values()))
 
 
-class SpineNetMaskRCNN(MaskRCNN):
+class SpineNetMaskRCNN(TaskModel, MaskRCNN):
     """torchvision ``MaskRCNN`` with SpineNet P3-P7 (or P2-P7), official anchors and BN heads.
 
     Build it with :func:`spinenet.models.create_detector` (``maskrcnn_*`` names). ``config`` is the
@@ -226,6 +231,10 @@ class SpineNetMaskRCNN(MaskRCNN):
     eval mode: ``[{boxes, labels, scores, masks}]`` with ``masks`` ``float [K, 1, H, W]`` probabilities pasted
     into the original image.
     """
+
+    task = "maskrcnn"
+    config_format = MASKRCNN_FORMAT
+    reinit_on_num_classes = ("roi_heads.box_predictor.", "roi_heads.mask_predictor.mask_fcn_logits.")
 
     def __init__(self, backbone: nn.Module, anchors: MultilevelAnchors, rpn_head: RPNHead, box_head: BoxHead,
                  mask_head: MaskHead, num_classes: int, image_size: int, mask_width: int, activation: str,
@@ -274,6 +283,196 @@ class SpineNetMaskRCNN(MaskRCNN):
         """Multiply-adds with the RoI heads at the official 1000 proposals / 100 masks (:func:`maskrcnn_macs`)."""
         return maskrcnn_macs(self, size)
 
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> SpineNetMaskRCNN:
+        return create_maskrcnn_from_config(config)
+
+    @classmethod
+    def config_for_weights(cls, saved: Mapping[str, Any], *, num_classes: int | None = None,
+                           image_size: int | None = None, **overrides: Any) -> tuple[dict[str, Any], tuple[str, ...]]:
+        """A saved Mask R-CNN with other RPN / RoI settings (:data:`MASKRCNN_DEFAULTS`), input size, training-only
+        backbone settings, or another ``num_classes`` (box and mask predictors re-initialised); the head geometry
+        must be the saved one."""
+        config = cls.migrate_config(saved)
+        heads = config["heads"]
+        saved_geometry = {**{f: heads[f] for f in HEAD_FIELDS}, "anchor_size": config["anchors"]["anchor_size"]}
+        if "head_width" in overrides:
+            overrides.update({f: overrides["head_width"] for f in HEAD_FIELDS if f.endswith("_width")
+                              and f not in overrides})
+        for key, value in saved_geometry.items():
+            if key in overrides and overrides[key] != value:
+                raise ValueError(f"saved with {key}={value!r}; you asked for {overrides[key]!r}")
+        unknown = set(overrides) - set(MASKRCNN_OVERRIDES) - set(BACKBONE_OVERRIDES)
+        if unknown:
+            raise ValueError(f"unknown setting(s) {sorted(unknown)} for a Mask R-CNN; known: "
+                             f"{sorted(MASKRCNN_OVERRIDES)} and the backbone's")
+        config["settings"].update({k: v for k, v in overrides.items() if k in MASKRCNN_DEFAULTS})
+        training_overrides(config, overrides, "heads")
+        if image_size is not None:
+            config["image_size"] = image_size
+        reinit: tuple[str, ...] = ()
+        if num_classes is not None and num_classes != config["num_classes"]:
+            config["num_classes"] = num_classes
+            config.pop("class_names", None)
+            reinit = cls.reinit_on_num_classes
+        return config, reinit
+
+    def export_module(self, size: tuple[int, int], **options: Any) -> nn.Module:
+        """Boxes, scores, labels and masks for ``box_detections_per_img`` detections at a fixed size
+        (:class:`MaskRCNNExport`)."""
+        return MaskRCNNExport(self, size, **options).eval()
+
+
+def _tiled_nms(boxes: torch.Tensor, scores: torch.Tensor, group: torch.Tensor, size: tuple[int, int],
+               threshold: float) -> torch.Tensor:
+    """Greedy NMS within groups, as one ``nms`` call: ``boxes [N, K, 4]`` of group ``group [N, K]`` are moved to
+    tile ``(g % 64, g // 64)`` of a grid of image-sized tiles, so boxes of different groups never overlap. Returns
+    the kept mask ``[N, K]``."""
+    height, width = size
+    cols = 64
+    shift = torch.stack([(group % cols) * (width + 1), (group // cols) * (height + 1)], dim=-1).to(boxes.dtype)
+    keep = nms((boxes + shift.repeat(1, 1, 2)).reshape(-1, 4), scores.reshape(-1), threshold)
+    kept = torch.zeros(scores.numel(), dtype=torch.bool, device=scores.device).index_fill(0, keep, True)
+    return kept.view_as(scores)
+
+
+def _clip(boxes: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    height, width = size
+    return torch.stack([boxes[..., 0].clamp(0, width), boxes[..., 1].clamp(0, height),
+                        boxes[..., 2].clamp(0, width), boxes[..., 3].clamp(0, height)], dim=-1)
+
+
+def _not_small(boxes: torch.Tensor, min_size: float) -> torch.Tensor:
+    return ((boxes[..., 2] - boxes[..., 0]) >= min_size) & ((boxes[..., 3] - boxes[..., 1]) >= min_size)
+
+
+class MaskRCNNExport(nn.Module):
+    """A :class:`SpineNetMaskRCNN` as one traceable graph with static shapes: normalise, backbone, RPN proposals,
+    RoI box head, class-wise selection, mask head on the detections. Returns ``(boxes [N, D, 4], scores [N, D],
+    labels [N, D], masks [N, D, 28, 28])`` for ``D = box_detections_per_img``: boxes in input pixels (xyxy), best
+    first, and each detection's mask probabilities in its box (the eager model pastes them into the image); rows
+    after the last detection are zero.
+
+    Every step is the eager model's (torchvision's RPN ``filter_proposals`` and ``RoIHeads.postprocess_detections``
+    with this model's settings), written without data-dependent shapes: per level the ``rpn_pre_nms_top_n_test``
+    best anchors, clip, drop boxes under 1e-3 px, NMS per (image, level) as one tiled ``nms`` call, the
+    ``rpn_post_nms_top_n_test`` best proposals (a padded row is marked invalid); RoIs pooled from
+    ``floor(4 + log2(sqrt(area) / 224))`` (torchvision's ``LevelMapper``) by computing each level and selecting;
+    class scores by softmax without the background, decode and clip per class, drop boxes under 1e-2 px and
+    scores at or under ``box_score_thresh``; the ``pre_nms_top_k`` best (RoI, class) pairs enter one NMS per
+    (image, class); the best ``D`` are kept. It equals the eager selection whenever at least ``D`` detections
+    survive among those ``pre_nms_top_k`` candidates or fewer pass the threshold.
+    """
+
+    output_names = ["boxes", "scores", "labels", "masks"]
+
+    def __init__(self, model: SpineNetMaskRCNN, size: tuple[int, int], pre_nms_top_k: int = 1000) -> None:
+        super().__init__()
+        div = model.backbone.size_divisibility
+        if size[0] % div or size[1] % div:
+            raise ValueError(f"--size {size[0]}x{size[1]}: a Mask R-CNN export needs multiples of {div} (the eager "
+                             f"model pads its input to that)")
+        self.size = tuple(size)
+        height, width = self.size
+        self.backbone, self.rpn_head = model.backbone, model.rpn.head
+        heads = model.roi_heads
+        self.box_head, self.box_predictor = heads.box_head, heads.box_predictor
+        self.mask_head, self.mask_predictor = heads.mask_head, heads.mask_predictor
+        t = model.transform
+        self.register_buffer("pixel_mean", torch.tensor(t.image_mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(t.image_std).view(1, 3, 1, 1), persistent=False)
+        gen = model.rpn.anchor_generator
+        self.levels = list(gen.levels)
+        per_level = [gen.level_anchors(level, math.ceil(height / 2 ** level), math.ceil(width / 2 ** level))
+                     for level in self.levels]
+        self.anchors_per_level = [int(a.shape[0]) for a in per_level]
+        self.register_buffer("anchors", torch.cat(per_level), persistent=False)
+        self.rpn_coder, self.box_coder = model.rpn.box_coder, heads.box_coder
+        self.rpn_pre_nms = int(model.rpn._pre_nms_top_n["testing"])
+        self.rpn_post_nms = int(model.rpn._post_nms_top_n["testing"])
+        self.rpn_nms_thresh, self.rpn_min_size = float(model.rpn.nms_thresh), float(model.rpn.min_size)
+        self.score_thresh, self.nms_thresh = float(heads.score_thresh), float(heads.nms_thresh)
+        self.detections_per_img, self.pre_nms_top_k = int(heads.detections_per_img), int(pre_nms_top_k)
+        self.num_classes = int(model.num_classes)
+        # the coders above decode as the model does (standard or TF1); TF1 clips to the last pixel
+        self.clip_size = (height - 1, width - 1) if model.box_decoding == "tf1" else (height, width)
+
+    def pool(self, features: list[torch.Tensor], boxes: torch.Tensor, output_size: int) -> torch.Tensor:
+        """RoIAlign of ``boxes [N, R, 4]`` from the level torchvision's ``MultiScaleRoIAlign`` picks:
+        ``[N * R, C, output_size, output_size]``."""
+        n, r = boxes.shape[:2]
+        flat = boxes.reshape(-1, 4)
+        index = torch.arange(n, device=boxes.device, dtype=boxes.dtype).repeat_interleave(r).unsqueeze(1)
+        rois = torch.cat([index, flat], dim=1)
+        area = (flat[:, 2] - flat[:, 0]) * (flat[:, 3] - flat[:, 1])
+        target = torch.floor(4 + torch.log2(torch.sqrt(area) / 224) + 1e-6)
+        target = target.clamp(self.levels[0], self.levels[-1])
+        pooled = None
+        for level, feat in zip(self.levels, features):
+            out = roi_align(feat, rois, output_size, spatial_scale=2.0 ** -level, sampling_ratio=2, aligned=False)
+            out = out * (target == level).to(out.dtype).view(-1, 1, 1, 1)
+            pooled = out if pooled is None else pooled + out
+        return pooled
+
+    def proposals(self, features: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """RPN proposals ``[N, P, 4]`` and their validity ``[N, P]`` (torchvision's ``filter_proposals``)."""
+        objectness, deltas = self.rpn_head(features)
+        objectness, deltas = concat_box_prediction_layers(objectness, deltas)  # [N*T, 1], [N*T, 4]
+        n = features[0].shape[0]
+        objectness = objectness.view(n, -1)
+        boxes = self.rpn_coder.decode_single(deltas, self.anchors.repeat(n, 1)).view(n, -1, 4)
+        tops, levels, start = [], [], 0
+        for i, count in enumerate(self.anchors_per_level):
+            k = min(self.rpn_pre_nms, count)
+            _, idx = objectness[:, start:start + count].topk(k, dim=1)
+            tops.append(idx + start)
+            levels.append(torch.full((k,), i, dtype=torch.int64, device=objectness.device))
+            start += count
+        top = torch.cat(tops, dim=1)  # [N, K]
+        level = torch.cat(levels).unsqueeze(0).expand_as(top)
+        scores = torch.sigmoid(torch.gather(objectness, 1, top))
+        boxes = _clip(torch.gather(boxes, 1, top.unsqueeze(-1).expand(-1, -1, 4)), self.clip_size)
+        valid = _not_small(boxes, self.rpn_min_size)
+        num_groups = len(self.levels) + 1  # the last group holds the dropped boxes, so they suppress nothing
+        batch = torch.arange(n, device=top.device).unsqueeze(1)
+        group = batch * num_groups + torch.where(valid, level, torch.full_like(level, num_groups - 1))
+        kept = _tiled_nms(boxes, scores, group, self.size, self.rpn_nms_thresh) & valid
+        ranked = torch.where(kept, scores, torch.full_like(scores, -1.0))
+        best, order = ranked.topk(min(self.rpn_post_nms, ranked.shape[1]), dim=1)
+        return torch.gather(boxes, 1, order.unsqueeze(-1).expand(-1, -1, 4)), best >= 0
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        check_input(images, self.size)
+        x = (images - self.pixel_mean) / self.pixel_std
+        features = list(self.backbone(x).values())
+        proposals, proposal_valid = self.proposals(features)
+        n, p = proposal_valid.shape
+        class_logits, box_regression = self.box_predictor(self.box_head(self.pool(features, proposals, 7)))
+        fg = self.num_classes - 1
+        boxes = self.box_coder.decode_single(box_regression, proposals.reshape(-1, 4))
+        boxes = _clip(boxes.view(n, p, self.num_classes, 4)[:, :, 1:], self.clip_size)  # [N, P, fg, 4]
+        scores = torch.softmax(class_logits, -1).view(n, p, self.num_classes)[:, :, 1:]
+        valid = proposal_valid.unsqueeze(-1) & (scores > self.score_thresh) & _not_small(boxes, 1e-2)
+        scores, boxes, valid = scores.reshape(n, -1), boxes.reshape(n, -1, 4), valid.reshape(n, -1)
+        k = min(self.pre_nms_top_k, scores.shape[1])
+        top_scores, top = torch.where(valid, scores, torch.full_like(scores, -1.0)).topk(k, dim=1)
+        cand = torch.gather(boxes, 1, top.unsqueeze(-1).expand(-1, -1, 4))
+        cand_valid = top_scores > self.score_thresh
+        cls = top % fg
+        batch = torch.arange(n, device=images.device).unsqueeze(1)
+        group = batch * (fg + 1) + torch.where(cand_valid, cls, torch.full_like(cls, fg))
+        kept = _tiled_nms(cand, top_scores, group, self.size, self.nms_thresh) & cand_valid
+        final = torch.where(kept, top_scores, torch.zeros_like(top_scores))
+        d = min(self.detections_per_img, k)
+        out_scores, order = final.topk(d, dim=1)
+        present = out_scores > 0
+        out_boxes = torch.gather(cand, 1, order.unsqueeze(-1).expand(-1, -1, 4)) * present.unsqueeze(-1)
+        labels = (torch.gather(cls, 1, order) + 1) * present
+        mask_logits = self.mask_predictor(self.mask_head(self.pool(features, out_boxes, 14)))  # [N*D, C, 28, 28]
+        index = labels.reshape(-1, 1, 1, 1).expand(-1, 1, *mask_logits.shape[-2:])
+        masks = torch.sigmoid(torch.gather(mask_logits, 1, index)).view(n, d, *mask_logits.shape[-2:])
+        return out_boxes, out_scores, labels, masks * present.view(n, d, 1, 1)
+
 
 def maskrcnn_macs(model: SpineNetMaskRCNN, size: int | tuple[int, int] | None = None, num_rois: int = 1000,
                   num_masks: int = 100) -> int:
@@ -314,10 +513,8 @@ def create_maskrcnn(defn: MaskRCNNDef, *, num_classes: int = 91, image_size: int
     backbone (``min_level=2`` for P2, ``filter_size_scale``, ``activation``, ``bn_momentum``, ...).
     """
     name = defn.name
-    if weights is not None:  # a `spinenet convert --task maskrcnn` file (or a backbone file)
-        from ..convert.weights import load_detector
-
-        return load_detector(name, weights, num_classes=num_classes, image_size=image_size, **overrides)
+    if weights is not None:  # a `spinenet convert --task maskrcnn` file (or any file's backbone)
+        return load_weights(name, weights, num_classes=num_classes, image_size=image_size, **overrides)
     num_classes = _positive_int(num_classes, f"create_detector({name!r}): num_classes")
     if num_classes < 2:
         raise ValueError(f"create_detector({name!r}): num_classes counts the background label 0, so it must be >= 2")
@@ -356,11 +553,12 @@ def create_maskrcnn(defn: MaskRCNNDef, *, num_classes: int = 91, image_size: int
 
 def create_maskrcnn_from_config(config: Mapping[str, Any]) -> SpineNetMaskRCNN:
     """Rebuild a Mask R-CNN from ``model.config``; same modules, fresh weights."""
+    SpineNetMaskRCNN.check_format(config, "Mask R-CNN")
     missing = {"name", "num_classes", "image_size", "backbone", "heads", "anchors", "settings"} - set(config)
     if missing:
         raise ValueError(f"Mask R-CNN config: missing field(s) {sorted(missing)}")
     h, a = config["heads"], config["anchors"]
-    backbone = _backbone_from_json(config["backbone"])
+    backbone = backbone_from_json(config["backbone"], "Mask R-CNN config: backbone")
     anchors = MultilevelAnchors(a["min_level"], a["max_level"], a["num_scales"], a["aspect_ratios"],
                                 a["anchor_size"])
     norm = (h["activation"], h["bn_eps"], h["bn_momentum"])

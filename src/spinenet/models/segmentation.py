@@ -20,6 +20,7 @@ stochastic depth defaults to 0.
 from __future__ import annotations
 
 import colorsys
+import warnings
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
@@ -29,12 +30,12 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from ..backbone import SpineNet, init_weights
+from ..backbone import SpineNet, check_input, init_weights
+from ..backbones import BACKBONE_OVERRIDES, Table, backbone_from_json, config_to_json, get_model_def
 from ..layers import ConvNormAct, get_activation, make_norm
-from ..registry import Table, config_to_json, get_model_def
+from .base import TaskModel, load_weights, training_overrides
 from .classification import (CLASSIFIER_BACKBONE_DEFAULTS, InputNormalize, as_image_batch, backbone_config,
                              normalize_json)
-from .detection import _backbone_from_json
 
 SEGMENTER_FORMAT = "spinenet-segmenter/1"
 IGNORE_INDEX = 255
@@ -54,8 +55,12 @@ class SegmenterDef:
     dropout: float = 0.1
     description: str = ""
 
+    task = "segmentation"  # not a field: the registry's task of these rows
+
 
 _SEGMENTERS = Table("segmenter")
+# Names of the segmenters in the 0.1.0 release (the backbone's name); create_segmenter still takes them.
+LEGACY_NAMES: dict[str, str] = {}
 
 
 
@@ -66,17 +71,27 @@ def register_segmenter(defn: SegmenterDef) -> SegmenterDef:
 for _name, _width in (("spinenet49s", 64), ("spinenet49", 128), ("spinenet96", 128), ("spinenet143", 128),
                       ("spinenet190", 256), ("spinenet_mobile49", 48), ("spinenet_mobile49s", 40),
                       ("spinenet_mobile49xs", 24)):
-    register_segmenter(SegmenterDef(_name, _name, _width,
+    register_segmenter(SegmenterDef(f"segmenter_{_name}", _name, _width,
                                     description=f"{get_model_def(_name).description} + light P3-P7 fusion head"))
+    LEGACY_NAMES[_name] = f"segmenter_{_name}"
 
 
 def list_segmenters(pattern: str | None = None) -> list[str]:
-    """Registered segmenter names (the backbone names), optionally filtered by a shell pattern."""
+    """Registered segmenter names (``segmenter_<backbone>``), optionally filtered by a shell pattern."""
     return _SEGMENTERS.names(pattern)
 
 
+def segmenter_name(name: str) -> str:
+    """``name``, or today's name for a segmenter name of the 0.1.0 release (with a ``DeprecationWarning``)."""
+    if name in LEGACY_NAMES and name not in _SEGMENTERS.rows:
+        warnings.warn(f"segmenter name {name!r} is deprecated; use {LEGACY_NAMES[name]!r} (the registry's unique "
+                      "name); the old name is kept for one release", DeprecationWarning, stacklevel=3)
+        return LEGACY_NAMES[name]
+    return name
+
+
 def get_segmenter_def(name: str) -> SegmenterDef:
-    return _SEGMENTERS.get(name)
+    return _SEGMENTERS.get(segmenter_name(name))
 
 
 # --------------------------------------------------------------------------------------------------- the model
@@ -109,13 +124,18 @@ class SegmentationHead(nn.Module):
         return self.classifier(self.dropout(self.convs(self.act(fused))))
 
 
-class SpineNetSegmenter(nn.Module):
+class SpineNetSegmenter(TaskModel, nn.Module):
     """SpineNet backbone + a light P3-P7 fusion head (module docstring). Build with :func:`create_segmenter`.
 
     ``forward(images)`` -> logits ``[N, num_classes, H, W]`` at the input size; ``forward(images, masks)`` ->
     ``{"loss": cross-entropy}`` (pixels equal to ``ignore_index`` ignored; 0 when a batch has no labelled
     pixel), in either mode. ``predict(images)`` -> label maps ``[N, H, W]``.
     """
+
+    task = "segmentation"
+    config_format = SEGMENTER_FORMAT
+    reinit_on_num_classes = ("head.classifier.",)
+    legacy_names = LEGACY_NAMES
 
     def __init__(self, backbone: SpineNet, head: SegmentationHead, num_classes: int,
                  ignore_index: int = IGNORE_INDEX, normalize: Mapping[str, Sequence[float]] | None = None,
@@ -163,6 +183,48 @@ class SpineNetSegmenter(nn.Module):
                              f"(0..{self.num_classes - 1}) nor ignore_index={self.ignore_index}")
         return masks
 
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> SpineNetSegmenter:
+        return create_segmenter_from_config(config)
+
+    @classmethod
+    def config_for_weights(cls, saved: Mapping[str, Any], *, num_classes: int | None = None,
+                           class_names: Sequence[str] | None = None, ignore_index: int | None = None,
+                           normalize: bool | Mapping[str, Sequence[float]] | None = None,
+                           **overrides: Any) -> tuple[dict[str, Any], tuple[str, ...]]:
+        """A saved segmenter with another dropout, ``ignore_index``, ``class_names``, normalisation, training-only
+        backbone settings, or another ``num_classes`` (the 1x1 classifier is re-initialised); the head width and
+        depth must be the saved ones."""
+        config = cls.migrate_config(saved)
+        head = config["head"]
+        for key, field in (("head_width", "width"), ("head_convs", "num_convs")):
+            if key in overrides and overrides[key] != head[field]:
+                raise ValueError(f"saved with {key}={head[field]!r}; you asked for {overrides[key]!r}")
+        unknown = set(overrides) - set(HEAD_OVERRIDES) - set(BACKBONE_OVERRIDES)
+        if unknown:
+            raise ValueError(f"unknown setting(s) {sorted(unknown)} for a segmenter; known: {sorted(HEAD_OVERRIDES)}, "
+                             "num_classes, class_names, ignore_index, normalize and the backbone's")
+        if "dropout" in overrides:
+            head["dropout"] = overrides["dropout"]
+        training_overrides(config, overrides, "head")
+        if ignore_index is not None:
+            config["ignore_index"] = ignore_index
+        if normalize is not None:
+            config["normalize"] = normalize_json(normalize)
+        reinit: tuple[str, ...] = ()
+        if num_classes is not None and num_classes != config["num_classes"]:
+            config["num_classes"], config["class_names"] = num_classes, None
+            reinit = cls.reinit_on_num_classes
+        if class_names is not None:
+            if len(class_names) != config["num_classes"]:
+                raise ValueError(f"class_names has {len(class_names)} entries, num_classes is {config['num_classes']}")
+            config["class_names"] = [str(n) for n in class_names]
+        return config, reinit
+
+    def export_module(self, size: tuple[int, int], **options: Any) -> nn.Module:
+        """Logits ``[N, num_classes, H, W]`` at the input size, for a fixed ``H, W`` (:class:`SegmenterExport`)."""
+        return SegmenterExport(self, size)
+
     @torch.no_grad()
     def predict(self, images: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
         """Per-pixel argmax ``[N, H, W]`` (int64), in eval mode."""
@@ -174,6 +236,20 @@ class SpineNetSegmenter(nn.Module):
             self.train(was_training)
 
 
+class SegmenterExport(nn.Module):
+    """A segmenter on a ``[N, 3, H, W]`` RGB batch in [0, 1], returning logits ``[N, num_classes, H, W]``."""
+
+    output_names = ["logits"]
+
+    def __init__(self, segmenter: nn.Module, size: tuple[int, int]) -> None:
+        super().__init__()
+        self.segmenter, self.size = segmenter, tuple(size)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        check_input(images, self.size)
+        return self.segmenter(images)
+
+
 # ---------------------------------------------------------------------------------------------------- builders
 def _int_at_least(value: Any, low: int, what: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
@@ -181,16 +257,29 @@ def _int_at_least(value: Any, low: int, what: str) -> int:
     return value
 
 
-def create_segmenter(name: str, num_classes: int, *, ignore_index: int = IGNORE_INDEX,
+def create_segmenter(name: str, num_classes: int | None = None, *, ignore_index: int = IGNORE_INDEX,
                      class_names: Sequence[str] | None = None, normalize: bool | Mapping[str, Sequence[float]] = True,
-                     **overrides: Any) -> SpineNetSegmenter:
+                     weights: str | None = None, **overrides: Any) -> SpineNetSegmenter:
     """Build a SpineNet semantic segmenter (module docstring; names :func:`list_segmenters`).
 
     ``num_classes`` counts every class the masks use (background included if it is labelled). ``overrides``:
     head-level ``head_width`` (default per row: 128 for 49/96/143), ``head_convs`` (2), ``dropout`` (0.1);
     everything else goes to :func:`spinenet.create_model` over the defaults swish, ``bn_eps=1e-5``,
     ``bn_momentum=0.1``, ``stochastic_depth_rate=0`` (tpu flavour for the ResNet family).
+
+    ``weights``: a ``spinenet-weights/1`` file. A segmenter file rebuilds the saved model (``num_classes``
+    defaults to the file's; another count re-initialises the 1x1 classifier); any other file seeds the backbone
+    (:mod:`spinenet.weights`). ``name`` is ``segmenter_<backbone>``; the backbone's own name (the 0.1.0 segmenter
+    names) still works, with a ``DeprecationWarning``.
     """
+    name = segmenter_name(name)
+    if weights is not None:
+        given = {"ignore_index": ignore_index if ignore_index != IGNORE_INDEX else None,
+                 "class_names": list(class_names) if class_names is not None else None,
+                 "normalize": normalize if normalize is not True else None}
+        return load_weights(name, weights, num_classes=num_classes, **given, **overrides)
+    if num_classes is None:
+        raise ValueError(f"create_segmenter({name!r}): give num_classes (every class the masks use), or weights=")
     defn = get_segmenter_def(name)
     what = f"create_segmenter({name!r})"
     num_classes = _int_at_least(num_classes, 2, f"{what}: num_classes")
@@ -220,9 +309,8 @@ def create_segmenter(name: str, num_classes: int, *, ignore_index: int = IGNORE_
 
 def create_segmenter_from_config(config: Mapping[str, Any]) -> SpineNetSegmenter:
     """Rebuild a segmenter from ``model.config`` (e.g. read back from a checkpoint); same modules, fresh weights."""
-    if not isinstance(config, Mapping) or config.get("format") != SEGMENTER_FORMAT:
-        found = config.get("format") if isinstance(config, Mapping) else type(config).__name__
-        raise ValueError(f"segmenter config: field 'format' is {found!r}; expected {SEGMENTER_FORMAT!r}")
+    SpineNetSegmenter.check_format(config, "segmenter")
+    config = SpineNetSegmenter.migrate_config(config)
     missing = {"name", "num_classes", "backbone", "head"} - set(config)
     if missing:
         raise ValueError(f"segmenter config: missing field(s) {sorted(missing)}")
@@ -232,7 +320,7 @@ def create_segmenter_from_config(config: Mapping[str, Any]) -> SpineNetSegmenter
     if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
         raise ValueError(f"segmenter config: head.dropout must be a number in [0, 1), got {dropout!r}")
     normalize = normalize_json(config.get("normalize"))
-    backbone = _backbone_from_json(config["backbone"])
+    backbone = backbone_from_json(config["backbone"], "segmenter config: backbone")
     head = SegmentationHead(backbone.graph.levels, backbone.out_channels, num_classes,
                             _int_at_least(head_cfg["width"], 1, "head_width"),
                             _int_at_least(head_cfg["num_convs"], 0, "head_convs"), float(dropout),

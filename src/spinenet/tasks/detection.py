@@ -35,10 +35,10 @@ class DetectionTask:
     # -------------------------------------------------------------------------------------------- datasets
     @property
     def needs_masks(self) -> bool:
-        """Whether the model family trains on instance masks (the detector table's ``family``)."""
-        from ..models import get_detector_def
+        """Whether the model trains on instance masks (its registry task is ``maskrcnn``)."""
+        from ..registry import get_entry
 
-        return getattr(get_detector_def(self.model_name), "family", "retinanet") == "maskrcnn"
+        return get_entry(self.model_name).task == "maskrcnn"
 
     def _open(self, path: str, classes: list[str] | None = None, tile_size: int | None = None,
               overlap: int | None = None):

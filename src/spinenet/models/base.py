@@ -1,0 +1,101 @@
+"""The contract every task model honours, so that weights files, export and the registry never look at a task.
+
+A task model (RetinaNet, Mask R-CNN, classifier, segmenter; the backbone honours the first three points too):
+
+* declares ``task`` (``retinanet``, ``maskrcnn``, ``classification``, ``segmentation``; ``backbone``);
+* round-trips its configuration through one versioned JSON: ``model.to_config()`` -> ``cls.from_config(config)``
+  rebuilds the same modules (fresh weights). The JSON carries ``"format"`` (e.g. ``spinenet-detector/1``) and
+  nests the backbone's configuration under ``"backbone"``; it is the ``config`` of ``spinenet-weights/1`` files
+  and the ``model_config`` of training checkpoints. ``cls.migrate_config`` brings configurations written by
+  earlier releases to the current form;
+* says what a saved model may change when it is loaded again: ``cls.config_for_weights(saved, name=...,
+  num_classes=..., **overrides)`` returns the configuration to build and the state-dict prefixes to
+  re-initialise (the class predictor when the class count changes; ``reinit_on_num_classes``), and raises
+  ``ValueError`` naming the field for a request the saved tensors cannot serve;
+* provides its export wrapper: ``model.export_module(size, **options)``, a traceable module returning the task's
+  real output at a fixed input size (``spinenet export``).
+
+Builders accept ``weights=PATH``. Reading weights files belongs to :mod:`spinenet.weights`, one layer above the
+models, which installs itself here with :func:`set_weights_loader` when it is imported (``import spinenet`` does
+that), so that no model module imports anything above it.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Callable, ClassVar, Mapping
+
+from torch import nn
+
+_WEIGHTS_LOADER: Callable[..., nn.Module] | None = None
+
+
+def set_weights_loader(loader: Callable[..., nn.Module]) -> None:
+    """Install ``loader(name, weights, **kwargs)`` (``spinenet.create_model``) for the builders' ``weights=``."""
+    global _WEIGHTS_LOADER
+    _WEIGHTS_LOADER = loader
+
+
+def load_weights(name: str, weights: str, **kwargs: Any) -> nn.Module:
+    """``create_model(name, weights=weights, **kwargs)`` through the installed loader."""
+    if _WEIGHTS_LOADER is None:  # only reachable when spinenet.models is loaded without the spinenet package
+        raise RuntimeError("weights=: import spinenet first (it installs the weights-file loader)")
+    return _WEIGHTS_LOADER(name, weights=weights, **kwargs)
+
+
+class TaskModel:
+    """Mixin with the contract's shared parts; a task model class sets the class attributes and ``from_config``."""
+
+    task: ClassVar[str]
+    config_format: ClassVar[str]
+    reinit_on_num_classes: ClassVar[tuple[str, ...]] = ()
+    legacy_names: ClassVar[Mapping[str, str]] = {}
+    config: dict[str, Any]
+
+    def to_config(self) -> dict[str, Any]:
+        """A JSON copy of ``config`` (what weights files and checkpoints store)."""
+        return json.loads(json.dumps(self.config))
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> nn.Module:
+        raise NotImplementedError
+
+    @classmethod
+    def migrate_config(cls, config: Mapping[str, Any]) -> dict[str, Any]:
+        """``config`` in the current form: a name of an earlier release becomes today's (:attr:`legacy_names`)."""
+        out = json.loads(json.dumps(dict(config)))
+        out["name"] = cls.legacy_names.get(out.get("name"), out.get("name"))
+        return out
+
+    @classmethod
+    def check_format(cls, config: Any, what: str) -> None:
+        if not isinstance(config, Mapping) or config.get("format") != cls.config_format:
+            found = config.get("format") if isinstance(config, Mapping) else type(config).__name__
+            raise ValueError(f"{what} config: field 'format' is {found!r}; expected {cls.config_format!r}")
+
+    def export_module(self, size: tuple[int, int], **options: Any) -> nn.Module:
+        raise NotImplementedError
+
+
+def training_overrides(config: dict[str, Any], overrides: Mapping[str, Any], *heads: str) -> None:
+    """Apply the training-only backbone settings (stochastic depth, BN momentum) a saved model may change, to its
+    ``"backbone"`` section and, for BN momentum, to the head sections named in ``heads``."""
+    for key in ("stochastic_depth_rate", "bn_momentum"):
+        if overrides.get(key) is not None:
+            config["backbone"][key] = overrides[key]
+            if key == "bn_momentum":
+                for head in heads:
+                    config[head]["bn_momentum"] = overrides[key]
+
+
+def num_classes_change(config: dict[str, Any], num_classes: int | None, prefixes: tuple[str, ...],
+                       class_names_reset: Any = "drop") -> tuple[str, ...]:
+    """Set ``num_classes`` in ``config``; the prefixes to re-initialise when it differs from the saved count."""
+    if num_classes is None or num_classes == config["num_classes"]:
+        return ()
+    config["num_classes"] = num_classes
+    if class_names_reset == "drop":
+        config.pop("class_names", None)
+    else:
+        config["class_names"] = class_names_reset
+    return prefixes
