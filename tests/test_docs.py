@@ -67,7 +67,7 @@ def test_readme_snippets_name_existing_api():
             elif isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "spinenet":
                 assert hasattr(spinenet, node.attr), f"README uses spinenet.{node.attr}, which does not exist"
                 used.add(f"spinenet.{node.attr}")
-    for name in ("spinenet.create_model", "spinenet.models.create_detector", "spinenet.models.create_classifier",
+    for name in ("spinenet.create_model", "spinenet.list_models", "spinenet.load_weights",
                  "spinenet.search.strategies.make_strategy"):
         assert name in used, f"no README snippet uses {name}"
 

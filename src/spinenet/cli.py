@@ -96,7 +96,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     if args.nproc is not None and "RANK" not in os.environ:  # the launcher: N copies of this command, DDP
         return launch_local(args.nproc, python_module_command(strip_nproc(args.argv)))
-    args.task = TRAIN_TASKS[args.task]
+    args.task = TRAIN_TASKS[args.task or _model_task(args.model)]
     base = get_recipe(args.recipe or DEFAULT_RECIPES[args.task]).for_task(args.task)  # smoke serves every task
     recipe = parse_overrides(base, args.overrides)  # checked before anything is written
     if args.task == "detection":
@@ -124,6 +124,17 @@ DEFAULT_RECIPES = {"detection": "trees-cpu", "classification": "fashion-mnist-cp
 # `train --task`: the registry's task names, and the training task that runs them (detection covers both detectors)
 TRAIN_TASKS = {"retinanet": "detection", "maskrcnn": "detection", "detection": "detection",
                "classification": "classification", "segmentation": "segmentation"}
+
+
+def _model_task(name: str) -> str:
+    """The training task of a registered task model (``--task`` left out); a backbone name needs ``--task``."""
+    from .registry import get_entry
+
+    task = get_entry(name).task
+    if task not in TRAIN_TASKS:
+        raise ValueError(f"--model {name} is a {task}; give --task (retinanet, maskrcnn, classification or "
+                         "segmentation) or a task model's name (`spinenet list --task TASK`)")
+    return task
 
 
 def _load_for_inference(path: str, device: str | None, ckpt: dict | None = None):
@@ -360,9 +371,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_draw)
 
     p = sub.add_parser("train", help="train a model (one engine and grammar for every task)")
-    p.add_argument("--task", choices=tuple(TRAIN_TASKS), default="detection",
+    p.add_argument("--task", choices=tuple(TRAIN_TASKS), default=None,
                    help="retinanet or maskrcnn (both also as detection: the model name tells them apart), "
-                   "classification, segmentation")
+                   "classification, segmentation; default: the task of --model in the registry")
     p.add_argument("--model", required=True, help="a registered name of the task (`spinenet list --task TASK`): "
                    "e.g. retinanet_spinenet49s, maskrcnn_spinenet49, classifier_spinenet49s, segmenter_spinenet49s")
     p.add_argument("--data", required=True, help="detection: COCO .json, VOC folder, trees:<yell-train|yell-val|"

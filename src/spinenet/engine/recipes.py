@@ -110,7 +110,7 @@ def smoke() -> Recipe:
 def imagenet() -> Recipe:
     """The paper's improved ImageNet recipe (spec 7.1-7.2, TPU classification yamls), full scale, not run on CPU::
 
-        spinenet train --task classification --model spinenet49 --data IMAGENET/train --val-data IMAGENET/val \\
+        spinenet train --task classification --model classifier_spinenet49 --data IMAGENET/train --val-data IMAGENET/val \\
             --recipe imagenet --out runs/spinenet49-imagenet
     """
     return Recipe(
@@ -129,7 +129,7 @@ def imagenet() -> Recipe:
 
 @recipe
 def fashion_mnist_cpu() -> Recipe:
-    """``spinenet train --task classification --model spinenet49s --data fashion-mnist:train --val-data
+    """``spinenet train --task classification --model classifier_spinenet49s --data fashion-mnist:train --val-data
     fashion-mnist:test --recipe fashion-mnist-cpu``: test top-1 92.15% (seed 0; 91.92% seed 1), 11 min 11 s on 2 idle
     CPU cores (docs/experiments/fashion-mnist.md)."""
     return Recipe(
@@ -148,7 +148,7 @@ def fashion_mnist_cpu() -> Recipe:
 
 @recipe
 def nuclei_cpu() -> Recipe:
-    """``spinenet train --task segmentation --model spinenet49s --data nuclei:right --val-data nuclei:left
+    """``spinenet train --task segmentation --model segmenter_spinenet49s --data nuclei:right --val-data nuclei:left
     --recipe nuclei-cpu`` (and left -> right): foreground IoU 0.830 / 0.832 (seed 0) and 0.827 / 0.867 (seed 1)
     right -> left / left -> right, against Otsu 0.673 / 0.767 (docs/experiments/nuclei.md)."""
     return Recipe(
