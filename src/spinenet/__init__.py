@@ -2,12 +2,13 @@
 
 from .backbone import SpineNet
 from .graph import Graph, resolve
+from .layers.fuse import compile_dense, optimize_for_inference
 from .registry import create_model, list_models
 from .specs import Architecture, BlockSpec, Scaling
 
 __version__ = "0.1.0"
-__all__ = ["Architecture", "BlockSpec", "Graph", "Scaling", "SpineNet", "create_classifier", "create_detector",
-           "create_model", "create_segmenter", "list_models", "resolve"]
+__all__ = ["Architecture", "BlockSpec", "Graph", "Scaling", "SpineNet", "compile_dense", "create_classifier", "create_detector",
+           "create_model", "create_segmenter", "list_models", "optimize_for_inference", "resolve"]
 
 
 def __getattr__(name: str):
