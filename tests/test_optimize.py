@@ -170,3 +170,16 @@ def test_compile_dense_keeps_state_dict_keys():
     compiled = compile_dense(model, backend="eager")
     assert compiled is model and list(model.state_dict()) == keys
     assert model.backbone._compiled_call_impl is not None and model.head._compiled_call_impl is not None
+
+
+def test_max_pool_same_equals_padded_pool():
+    """'SAME' max pooling without the padded copy gives exactly the padded pooling's windows, at any size."""
+    from spinenet.layers.ops import max_pool_same, tf_same_pad
+
+    gen = torch.Generator().manual_seed(0)
+    for h, w, k, s in [(h, w, k, s) for h in range(1, 14) for w in (1, 2, 7, 10, 13) for k in (3, 5) for s in (1, 2, 3)]:
+        x = torch.randn(1, 2, h, w, generator=gen)
+        top, bottom = tf_same_pad(h, k, s)
+        left, right = tf_same_pad(w, k, s)
+        ref = nn.functional.max_pool2d(nn.functional.pad(x, (left, right, top, bottom), value=float("-inf")), k, s)
+        assert torch.equal(max_pool_same(x, k, s), ref), (h, w, k, s)
