@@ -183,3 +183,57 @@ def test_max_pool_same_equals_padded_pool():
         left, right = tf_same_pad(w, k, s)
         ref = nn.functional.max_pool2d(nn.functional.pad(x, (left, right, top, bottom), value=float("-inf")), k, s)
         assert torch.equal(max_pool_same(x, k, s), ref), (h, w, k, s)
+
+
+def test_channels_last_where_cpu_bf16_runs():
+    from spinenet.layers.fuse import channels_last_for_bf16
+
+    def nhwc(m: nn.Module) -> bool:
+        return m.stem[0].conv.weight.is_contiguous(memory_format=torch.channels_last)
+
+    assert nhwc(channels_last_for_bf16(spinenet.create_model("spinenet49s", **BACKBONE), "cpu", "bf16"))
+    assert not nhwc(channels_last_for_bf16(spinenet.create_model("spinenet49s", **BACKBONE), "cpu", "fp32"))
+
+
+def test_compile_recipe_field_and_cli_flags():
+    from spinenet.cli import build_parser
+    from spinenet.engine.recipes import Recipe, get_recipe, parse_overrides
+
+    assert Recipe().compile is False
+    assert parse_overrides(get_recipe("smoke"), ["compile=true"]).compile is True
+    parser = build_parser()
+    args = parser.parse_args(["predict", "--checkpoint", "c.pt", "a.png", "--out", "o"])
+    assert not args.no_optimize and not args.compile
+    assert parser.parse_args(["predict", "--checkpoint", "c.pt", "a.png", "--out", "o", "--no-optimize",
+                              "--compile"]).no_optimize
+    assert parser.parse_args(["eval", "--checkpoint", "c.pt", "--data", "d", "--optimize"]).optimize
+    assert not parser.parse_args(["eval", "--checkpoint", "c.pt", "--data", "d"]).optimize
+    assert parser.parse_args(["export", "spinenet49", "-o", "x.onnx", "--no-optimize"]).no_optimize
+    assert parser.parse_args(["train", "--model", "m", "--data", "d", "--out", "o", "--compile"]).compile
+
+
+def test_cli_predict_optimised_by_default_matches_plain(tmp_path, capsys):
+    """``spinenet predict`` optimises the model unless --no-optimize; both give the same probabilities."""
+    import json
+
+    from PIL import Image
+
+    from spinenet.cli import main
+    from spinenet.engine.recipes import Recipe
+
+    torch.manual_seed(0)
+    model = randomize_batchnorm(create_classifier("spinenet49s", 2, class_names=["dark", "bright"], **BACKBONE))
+    ckpt = {"task": "classification", "model_config": model.config, "model": model.state_dict(),
+            "classes": ["dark", "bright"], "recipe": Recipe(task="classification", image_size=64).to_dict()}
+    torch.save(ckpt, tmp_path / "c.pt")
+    image = tmp_path / "a.png"
+    Image.fromarray((torch.rand(40, 50, 3) * 255).to(torch.uint8).numpy()).save(image)
+    tops = []
+    for flags in ([], ["--no-optimize"]):
+        out = tmp_path / f"pred{len(flags)}"
+        assert main(["predict", "--checkpoint", str(tmp_path / "c.pt"), str(image), "--out", str(out), *flags]) == 0
+        (record,) = json.loads((out / "predictions.json").read_text())
+        tops.append({t["class"]: t["probability"] for t in record["top"]})
+    assert tops[0].keys() == tops[1].keys() == {"dark", "bright"}
+    for name in tops[0]:
+        assert abs(tops[0][name] - tops[1][name]) <= 1e-4

@@ -30,6 +30,7 @@ class Recipe:
     grad_clip: float = 10.0  # global norm; 0 disables
     precision: str = "bf16"  # "fp32" | "bf16" (CPU/CUDA autocast) | "fp16" (CUDA autocast + loss scaling)
     channels_last: bool = False  # model weights (and so activations) in NHWC: faster convolutions on CPU and GPU
+    compile: bool = False  # torch.compile the backbone and heads (layers.fuse.compile_dense); the first steps compile
     scale_min: float = 0.5  # scale jitter range of the training augmentation
     scale_max: float = 2.0
     hflip: float = 0.5

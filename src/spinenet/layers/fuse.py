@@ -104,6 +104,15 @@ def optimize_for_inference(model: nn.Module, *, channels_last: bool | None = Non
     return model
 
 
+def channels_last_for_bf16(model: nn.Module, device: torch.device | str, precision: str) -> nn.Module:
+    """``model`` in channels_last when bf16 autocast runs on a CPU (else unchanged): oneDNN's bf16 convolutions
+    are NHWC kernels, and in NCHW every convolution pays layout reorders (slower than fp32; docs/performance.md).
+    Training and inference alike; the state dict is unchanged."""
+    if precision == "bf16" and torch.device(device).type == "cpu":
+        return model.to(memory_format=torch.channels_last)
+    return model
+
+
 def remaining_batchnorms(model: nn.Module) -> list[str]:
     """Names of the BatchNorm modules a model still holds (empty after :func:`optimize_for_inference` on every
     registered model)."""
