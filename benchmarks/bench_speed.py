@@ -47,7 +47,6 @@ import torch
 from torch import nn
 
 import spinenet
-from spinenet.layers.fuse import optimize_for_inference
 from spinenet.profile import count_macs
 
 INFERENCE_MODELS = ("spinenet49s", "spinenet49", "spinenet96", "retinanet_spinenet49")
@@ -194,6 +193,8 @@ def fx_fused(model: nn.Module) -> nn.Module:
 
 def variant_of(model: nn.Module, variant: str, precision: str, is_reference: bool) -> nn.Module:
     if variant == "optimised":
+        from spinenet.layers.fuse import optimize_for_inference
+
         return fx_fused(model) if is_reference else optimize_for_inference(model)
     if precision == "bf16":  # what the library does wherever bf16 is requested on a CPU
         return copy.deepcopy(model).to(memory_format=torch.channels_last)
@@ -398,6 +399,46 @@ def tf_row(args: argparse.Namespace, peaks: dict[str, float], macs: float) -> Ro
                samples=result["samples"])
 
 
+# ------------------------------------------------------------------------------------------------ profile
+def profile_outside_conv(args: argparse.Namespace) -> None:
+    """torch.profiler on each selected model and variant (``--precisions``' first, eager): the share of the
+    forward's time spent outside ``aten::conv2d`` calls (their children, e.g. weight reorders and bias copies,
+    count as convolution), and the costliest other operators."""
+    from torch.profiler import ProfilerActivity, profile, record_function
+
+    precision = args.precisions[0]
+    for name in args.models:
+        size = args.size or DEFAULT_SIZES.get(name, 640)
+        base, _, _ = build_inference(name, size)
+        for variant in args.variants:
+            model = variant_of(base, variant, precision, False)
+            x = torch.randn(1, 3, size, size)
+            with torch.inference_mode(), autocast(precision):
+                model(x)
+                with profile(activities=[ProfilerActivity.CPU]) as prof:
+                    for _ in range(args.repeats):
+                        with record_function("forward"):
+                            model(x)
+            total, conv, outside = 0.0, 0.0, {}
+            for event in prof.events():
+                chain, parent = [], event.cpu_parent
+                while parent is not None:
+                    chain.append(parent.name)
+                    parent = parent.cpu_parent
+                if event.name == "forward":
+                    total += event.cpu_time_total
+                elif event.name == "aten::conv2d" and "aten::conv2d" not in chain:
+                    conv += event.cpu_time_total
+                elif "aten::conv2d" not in chain and "forward" in chain:  # self time of the rest
+                    outside[event.name] = outside.get(event.name, 0.0) + event.self_cpu_time_total
+            others = sorted(outside.items(), key=lambda kv: -kv[1])[:6]
+            detail = ", ".join(f"{k.removeprefix('aten::')} {100 * v / total:.1f}%" for k, v in others)
+            print(f"profile {name} {precision} {variant}: {total / args.repeats / 1e3:.0f} ms per forward, "
+                  f"{100 * (1 - conv / total):.1f}% outside conv2d (load {load_average()}); largest others: "
+                  f"{detail}", flush=True)
+            del model
+
+
 # ------------------------------------------------------------------------------------------------ report
 def fmt(value: float, spec: str) -> str:
     return "" if value != value else format(value, spec)  # NaN -> blank
@@ -479,6 +520,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's)")
     p.add_argument("--tf-python", metavar="PATH", help="a python with tensorflow + tf-models-official: adds the "
                    "official TF SpineNet-49 (tf.function, fp32) and the ratio to it")
+    p.add_argument("--profile", action="store_true", help="only print torch.profiler's share of time outside "
+                   "convolutions per model and variant (first precision, eager), then exit")
     p.add_argument("--out", type=Path, default=Path("out/bench_speed"), help="folder for the CSV and PNG")
     args = p.parse_args(argv)
     args.models = split(args.models) or list(QUICK["models"] if args.quick else INFERENCE_MODELS)
@@ -514,6 +557,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"bench_speed: error: {err}", file=sys.stderr)
             return 2
     torch.set_flush_denormal(True)
+    if args.profile:
+        profile_outside_conv(args)
+        return 0
     info = cpu_info()
     wall = time.perf_counter()
     print(f"CPU: {info['cpu']}  threads {info['threads']}  torch {torch.__version__}  capability "

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
 
+from .blocks import Bottleneck, Residual
 from .ops import ConvNormAct
 from .resample import Resample, SeparableResample
 
@@ -96,6 +97,8 @@ def optimize_for_inference(model: nn.Module, *, channels_last: bool | None = Non
             _fold_sequential(module)
         if isinstance(module, (Resample, SeparableResample)):
             module.project_first = True
+        if isinstance(module, (Bottleneck, Residual)):
+            _in_place(module.act)  # on the fresh residual sum
     if channels_last is None:
         devices = {p.device.type for p in model.parameters()}
         channels_last = bool(devices) and devices <= {"cpu", "cuda"}
