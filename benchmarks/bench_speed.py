@@ -201,7 +201,22 @@ def variant_of(model: nn.Module, variant: str, precision: str, is_reference: boo
     return model
 
 
-def time_inference(model: nn.Module, size: int, precision: str, mode: str, repeats: int) -> tuple[list[float], str]:
+def peak_call(precision: str) -> Callable[[], None]:
+    """One call of the conv-peak convolution (see :func:`conv_peak`)."""
+    channels, side = PEAK_SHAPE
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    conv = nn.Conv2d(channels, channels, 3, padding=1, bias=False).to(dtype=dtype, memory_format=torch.channels_last)
+    x = torch.randn(1, channels, side, side).to(dtype=dtype, memory_format=torch.channels_last)
+
+    def call() -> None:
+        with torch.inference_mode():
+            conv(x)
+
+    return call
+
+
+def inference_call(model: nn.Module, size: int, precision: str, mode: str) -> tuple[Callable[[], None], str]:
+    """A forward of ``model`` (compiled first for ``mode="compiled"``; the note gives the compile time)."""
     x = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0))
     note = ""
     fn = model
@@ -217,10 +232,26 @@ def time_inference(model: nn.Module, size: int, precision: str, mode: str, repea
         with torch.inference_mode(), autocast(precision):
             fn(x)
 
-    return time_calls(call, 1, repeats), note
+    return call, note
+
+
+def interleaved(calls: Sequence[Callable[[], None]], repeats: int) -> list[list[float]]:
+    """Seconds per call, the calls timed in turn (A B C A B C ...) after one warm-up each: on a shared machine a
+    change of load then hits every call alike, so their ratios stay meaningful."""
+    for call in calls:
+        call()
+    samples: list[list[float]] = [[] for _ in calls]
+    for _ in range(repeats):
+        for call, out in zip(calls, samples):
+            start = time.perf_counter()
+            call()
+            out.append(time.perf_counter() - start)
+    return samples
 
 
 def inference_rows(args: argparse.Namespace, peaks: dict[str, float]) -> list[Row]:
+    """Per setting, the SpineNet model, the reference and the conv peak are timed in turn; the share of the peak
+    is against the peak convolution's median in that same window (``peaks`` is only the start-up reading)."""
     rows: list[Row] = []
     for name in args.models:
         size = args.size or DEFAULT_SIZES.get(name, 640)
@@ -228,27 +259,31 @@ def inference_rows(args: argparse.Namespace, peaks: dict[str, float]) -> list[Ro
         macs = count_macs(base, size) / 1e9
         ref_macs = count_macs(base_ref, size) / 1e9
         for precision in args.precisions:
+            peak = peak_call(precision)
+            peak_gmacs = PEAK_SHAPE[0] ** 2 * 9 * PEAK_SHAPE[1] ** 2 / 1e9
             for variant in args.variants:
                 for mode in args.modes:
                     if mode == "compiled" and (name not in args.compiled_models
                                                or variant not in args.compiled_variants):
                         continue
                     print(f"  inference {name} {precision} {variant} {mode} ...", file=sys.stderr, flush=True)
-                    timed = {}
-                    for is_ref, module in ((False, base), (True, base_ref)):
-                        model = variant_of(module, variant, precision, is_ref)
-                        timed[is_ref] = time_inference(model, size, precision, mode, args.repeats)
-                        del model
-                        gc.collect()
-                    (ours, note), (theirs, ref_note) = timed[False], timed[True]
-                    for is_ref, samples, n, gm, nt in ((False, ours, name, macs, note),
-                                                       (True, theirs, ref_name, ref_macs, ref_note)):
+                    ours, note = inference_call(variant_of(base, variant, precision, False), size, precision, mode)
+                    theirs, ref_note = inference_call(variant_of(base_ref, variant, precision, True), size,
+                                                      precision, mode)
+                    s_ours, s_ref, s_peak = interleaved([ours, theirs, peak], args.repeats)
+                    local_peak = 2 * peak_gmacs / statistics.median(s_peak)
+                    load = load_average()
+                    for is_ref, samples, n, gm, nt in ((False, s_ours, name, macs, note),
+                                                       (True, s_ref, ref_name, ref_macs, ref_note)):
                         ms = statistics.median(samples) * 1e3
                         gflops = 2 * gm / (ms / 1e3)
                         rows.append(Row("inference", n, precision, variant, mode, size, 1, ms, gm, gflops,
-                                        gflops / peaks[precision], "" if is_ref else ref_name,
-                                        float("nan") if is_ref else ms / (statistics.median(theirs) * 1e3),
-                                        1e3 / ms, load_average(), nt, samples))
+                                        gflops / local_peak, "" if is_ref else ref_name,
+                                        float("nan") if is_ref else ms / (statistics.median(s_ref) * 1e3),
+                                        1e3 / ms, load, f"{nt}; peak here {local_peak:.0f} GFLOP/s".lstrip("; "),
+                                        samples))
+                    del ours, theirs
+                    gc.collect()
         del base, base_ref
         gc.collect()
     return rows
@@ -327,26 +362,28 @@ def training_rows(args: argparse.Namespace, peaks: dict[str, float]) -> list[Row
     for name, ref_name, ours, theirs, inputs, targets, sz, bs in cases:
         for precision in args.precisions:
             print(f"  training {name} {precision} batch {bs} at {sz} px ...", file=sys.stderr, flush=True)
-            results = []
+            steps, macs = [], []
             for build in (ours, theirs):
                 torch.manual_seed(0)
                 model, gmacs = build()
                 model.train()
                 if precision == "bf16":  # as the trainer runs bf16 on a CPU
                     model = model.to(memory_format=torch.channels_last)
-                samples = time_calls(train_step_fn(model, inputs, targets, precision), 1, args.train_repeats)
-                results.append((samples, gmacs * bs))
-                del model
-                gc.collect()
-            ref_ms = statistics.median(results[1][0]) * 1e3
-            ref_per_mac = ref_ms / results[1][1]
-            for is_ref, (samples, gmacs) in zip((False, True), results):
+                steps.append(train_step_fn(model, inputs, targets, precision))
+                macs.append(gmacs * bs)
+            s_ours, s_ref, s_peak = interleaved([*steps, peak_call(precision)], args.train_repeats)
+            local_peak = 2 * PEAK_SHAPE[0] ** 2 * 9 * PEAK_SHAPE[1] ** 2 / 1e9 / statistics.median(s_peak)
+            ref_per_mac = statistics.median(s_ref) / macs[1]
+            load = load_average()
+            for is_ref, samples, gmacs in ((False, s_ours, macs[0]), (True, s_ref, macs[1])):
                 ms = statistics.median(samples) * 1e3
                 gflops = 3 * 2 * gmacs / (ms / 1e3)  # forward + backward ~ 3x the forward's multiply-adds
                 rows.append(Row("train", ref_name if is_ref else name, precision, "default", "eager", sz, bs, ms,
-                                gmacs, gflops, gflops / peaks[precision], "" if is_ref else ref_name,
-                                float("nan") if is_ref else (ms / gmacs) / ref_per_mac, bs * 1e3 / ms,
-                                load_average(), "ratio = time per multiply-add / reference's", samples))
+                                gmacs, gflops, gflops / local_peak, "" if is_ref else ref_name,
+                                float("nan") if is_ref else (ms / 1e3 / gmacs) / ref_per_mac, bs * 1e3 / ms,
+                                load, f"x ref per multiply-add; peak here {local_peak:.0f} GFLOP/s", samples))
+            del steps
+            gc.collect()
     return rows
 
 
