@@ -135,7 +135,7 @@ def _prepare(args: argparse.Namespace, optimize: bool):
     from .layers.fuse import compile_dense, optimize_for_inference
 
     def prepare(model):
-        model = optimize_for_inference(model) if optimize else model
+        model = optimize_for_inference(model, inplace=True) if optimize else model
         return compile_dense(model) if args.compile else model
 
     return prepare
