@@ -58,7 +58,7 @@ test: setup
 	$(BIN)/python -m pytest
 
 bench: setup
-	$(BIN)/python benchmarks/bench_backbones.py
+	$(BIN)/python benchmarks/bench_speed.py --quick --out $(OUT)/bench_speed
 
 clean:
 	rm -rf $(VENV) $(OUT) .pytest_cache .hypothesis

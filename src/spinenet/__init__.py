@@ -2,14 +2,15 @@
 
 from .backbone import SpineNet
 from .graph import Graph, resolve
+from .layers.fuse import compile_dense, optimize_for_inference
 from .registry import create_model, list_models, load_weights, model_from_config
 from .specs import Architecture, BlockSpec, Scaling
 from .weights import save_weights
 
 __version__ = "0.1.0"
-__all__ = ["Architecture", "BlockSpec", "Graph", "Scaling", "SpineNet", "create_classifier", "create_detector",
-           "create_model", "create_segmenter", "list_models", "load_weights", "model_from_config", "resolve",
-           "save_weights"]
+__all__ = ["Architecture", "BlockSpec", "Graph", "Scaling", "SpineNet", "compile_dense", "create_classifier",
+           "create_detector", "create_model", "create_segmenter", "list_models", "load_weights", "model_from_config",
+           "optimize_for_inference", "resolve", "save_weights"]
 
 
 def __getattr__(name: str):

@@ -152,7 +152,7 @@ class SpineNet(nn.Module):
                 fused = None
                 for edge, resample in zip(node.parents, module.resample):
                     r = resample(feats[edge.source], target)
-                    fused = r if fused is None else fused + r
+                    fused = r if fused is None else fused.add_(r)  # r is always a fresh tensor
                 for extra in node.extras:
                     fused = fused + feats[extra]
                 y = module.block(module.act(fused))

@@ -98,7 +98,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         return launch_local(args.nproc, python_module_command(strip_nproc(args.argv)))
     args.task = TRAIN_TASKS[args.task or _model_task(args.model)]
     base = get_recipe(args.recipe or DEFAULT_RECIPES[args.task]).for_task(args.task)  # smoke serves every task
-    recipe = parse_overrides(base, args.overrides)  # checked before anything is written
+    recipe = parse_overrides(base, [*args.overrides, *(["optim.compile=true"] if args.compile else [])])
     if args.task == "detection":
         task_kwargs = {"classes": args.classes} if args.classes else {}
     elif args.classes:
@@ -135,6 +135,17 @@ def _model_task(name: str) -> str:
         raise ValueError(f"--model {name} is a {task}; give --task (retinanet, maskrcnn, classification or "
                          "segmentation) or a task model's name (`spinenet list --task TASK`)")
     return task
+
+
+def _prepare(args: argparse.Namespace, optimize: bool):
+    """The model transform of eval / predict: ``optimize_for_inference`` when ``optimize``, then ``--compile``."""
+    from .layers.fuse import compile_dense, optimize_for_inference
+
+    def prepare(model):
+        model = optimize_for_inference(model, inplace=True) if optimize else model
+        return compile_dense(model) if args.compile else model
+
+    return prepare
 
 
 def _load_for_inference(path: str, device: str | None, ckpt: dict | None = None):
@@ -175,13 +186,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
         if args.classes:
             raise ValueError("--classes selects a class mode of the built-in detection sets")
         metrics = eval_command(ckpt, args.checkpoint, args.data, resolve_device(args.device), args.out,
-                               args.image_size)
+                               args.image_size, prepare=_prepare(args, args.optimize))
         print("  ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
         if args.out:
             print(f"metrics.json and {'confusion_matrix.png' if ckpt['task'] == 'classification' else 'overlays/'} "
                   f"in {args.out}")
         return 0
     model, ckpt, device = _load_for_inference(args.checkpoint, args.device, ckpt)
+    model = _prepare(args, args.optimize)(model)
     kwargs = {"classes": args.classes} if args.classes else {}
     dataset = dataset_from_path(args.data, **kwargs)
     if list(dataset.classes) != list(ckpt["classes"]):
@@ -216,7 +228,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         from .tasks.inference import predict_command
 
         records = predict_command(ckpt, args.checkpoint, args.images, resolve_device(args.device), args.out,
-                                  args.image_size, overwrite=args.overwrite)
+                                  args.image_size, overwrite=args.overwrite,
+                                  prepare=_prepare(args, not args.no_optimize))
         for r in records:
             summary = (", ".join(f"{t['class']} {t['probability']:.3f}" for t in r["top"][:3]) if "top" in r
                        else f"-> {r['mask']}, {r['overlay']}")
@@ -224,6 +237,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         print(f"{len(records)} images -> {args.out}/predictions.json")
         return 0
     model, ckpt, device = _load_for_inference(args.checkpoint, args.device, ckpt)
+    model = _prepare(args, not args.no_optimize)(model)
     model.score_thresh = min(model.score_thresh, args.score_thresh)  # a lower display threshold reaches NMS too
     out = Path(args.out)
     stems = prepare_outputs(args.images, out, ("_pred.png",), args.overwrite, decode_image)
@@ -288,6 +302,10 @@ def cmd_export(args: argparse.Namespace) -> int:
     from .export import describe, export, load_for_export
 
     net, task, size = load_for_export(args.model, args.size)
+    if not args.no_optimize:
+        from .layers.fuse import optimize_for_inference
+
+        net = optimize_for_inference(net, inplace=True)
     path = export(net, args.output, args.format, size, task=task, pre_nms_top_k=args.pre_nms_top_k)
     print(f"exported {describe(task, size)} to {path}")
     return 0
@@ -394,6 +412,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", metavar="key=value",
                    help="recipe settings: section.field=value or a field's name, e.g. optim.lr=0.05 "
                         "model.filter_size_scale=0.5 steps=200 (docs/training.md)")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the backbone and heads (the recipe setting optim.compile=true)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="metrics of a checkpoint on a dataset (COCO AP, top-1/top-5, or IoU by its task)")
@@ -405,6 +425,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-size", type=int, help="resize the long side to this (e.g. the images' native size); "
                    "default: the recipe's eval.image_size for detection, else the training size")
     p.add_argument("--device")
+    p.add_argument("--optimize", action="store_true",
+                   help="evaluate spinenet.optimize_for_inference(model) (BatchNorm folded, channels_last) instead of "
+                        "the plain eval() model")
+    p.add_argument("--compile", action="store_true", help="torch.compile the backbone and heads (slow first call)")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("predict", help="run a checkpoint on images (boxes and Mask R-CNN masks, top-5 classes, or "
@@ -420,6 +444,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true",
                    help="replace predictions.json and drawn images already in --out (refused otherwise)")
     p.add_argument("--device")
+    p.add_argument("--no-optimize", action="store_true",
+                   help="keep the plain eval() model (default: spinenet.optimize_for_inference, BatchNorm folded; "
+                        "outputs within 1e-4, docs/performance.md)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the backbone and heads (slow first call)")
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("convert", help="convert an official TensorFlow checkpoint to .safetensors (no TensorFlow)",
@@ -456,6 +484,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pre-nms-top-k", type=int, default=1000,
                    help="detector: candidates per image entering NMS (static shape; see docs/weights.md)")
     p.add_argument("-o", "--output", required=True, help="output .onnx or .pt2")
+    p.add_argument("--no-optimize", action="store_true",
+                   help="keep the plain eval() model (default: spinenet.optimize_for_inference, BatchNorm folded; "
+                        "outputs within 1e-4, docs/performance.md)")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("search", help="learn a scale-permuted backbone (paper section 3; docs/search.md)")

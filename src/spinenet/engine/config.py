@@ -201,6 +201,7 @@ class OptimConfig:
     ema_decay: float = 0.0  # > 0: evaluate and ship an exponential moving average of the weights (engine/ema.py)
     precision: Literal["fp32", "bf16", "fp16"] = "bf16"  # bf16: CPU/CUDA autocast; fp16: CUDA + loss scaling
     channels_last: bool = False  # model weights (and so activations) in NHWC: faster convolutions on CPU and GPU
+    compile: bool = False  # torch.compile the backbone and heads (layers.fuse.compile_dense); the first steps compile
 
 
 @dataclass(frozen=True)

@@ -234,6 +234,9 @@ class Trainer:
             zero_init_residual(self.model)
         if r.optim.channels_last:  # convolutions then pick NHWC kernels for NCHW inputs too; state_dict is unchanged
             self.model = self.model.to(memory_format=torch.channels_last)
+        from ..layers.fuse import channels_last_for_bf16, compile_dense
+
+        self.model = channels_last_for_bf16(self.model, self.device, r.optim.precision)  # CPU bf16 kernels are NHWC
         if r.model.init_weights and not self.resume:  # fine-tuning: spinenet-weights/1 file (docs/weights.md)
             from ..weights import load_pretrained
 
@@ -245,6 +248,8 @@ class Trainer:
             self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
         self.model_core = self.model
         self.ema = WeightEMA(self.model_core, r.optim.ema_decay) if r.optim.ema_decay else None
+        if r.optim.compile:  # in place, after the EMA copy: state-dict keys are unchanged
+            compile_dense(self.model_core)
         if self.dist.world_size > 1:
             self.model = nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)

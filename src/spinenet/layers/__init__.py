@@ -11,9 +11,11 @@ from .ops import (
     make_norm,
     resize_nearest,
 )
+from .fuse import compile_dense, fold_batchnorm, optimize_for_inference, remaining_batchnorms
 from .resample import Resample, SeparableResample
 
 __all__ = [
-    "BlockGroup", "Bottleneck", "Conv2d", "ConvNormAct", "HardSigmoid", "MBConv", "MaxPool2dSame", "NormLayer",
+    "BlockGroup", "Bottleneck", "Conv2d", "ConvNormAct", "compile_dense", "fold_batchnorm", "optimize_for_inference",
+    "remaining_batchnorms", "HardSigmoid", "MBConv", "MaxPool2dSame", "NormLayer",
     "Residual", "Resample", "SeparableResample", "get_activation", "make_block", "make_norm", "resize_nearest",
 ]

@@ -9,6 +9,14 @@ from torchvision.ops import StochasticDepth
 from .ops import ConvNormAct, HardSigmoid, NormLayer, get_activation
 
 
+def add_residual(y: torch.Tensor, shortcut: torch.Tensor) -> torch.Tensor:
+    """``y + shortcut``, written into ``y`` (always a fresh conv / BN / drop-path output here, and not saved for
+    backward) unless the sum would promote ``y``'s dtype (mixed precision): same values, one allocation less."""
+    if y.dtype == torch.promote_types(y.dtype, shortcut.dtype) and y.shape == shortcut.shape:
+        return y.add_(shortcut)
+    return y + shortcut
+
+
 class Bottleneck(nn.Module):
     """1x1 (C) -> 3x3 (C, stride) -> 1x1 (4C), plus a projected or identity shortcut; ``act(y + shortcut)``."""
 
@@ -29,7 +37,7 @@ class Bottleneck(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = x if self.shortcut is None else self.shortcut(x)
         y = self.drop_path(self.conv3(self.conv2(self.conv1(x))))
-        return self.act(y + shortcut)
+        return self.act(add_residual(y, shortcut))
 
 
 class Residual(nn.Module):
@@ -49,7 +57,7 @@ class Residual(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = x if self.shortcut is None else self.shortcut(x)
-        return self.act(self.drop_path(self.conv2(self.conv1(x))) + shortcut)
+        return self.act(add_residual(self.drop_path(self.conv2(self.conv1(x))), shortcut))
 
 
 class SqueezeExcite(nn.Module):
@@ -97,7 +105,7 @@ class MBConv(nn.Module):
             y = self.se(y)
         y = self.project(y)
         if self.use_residual:
-            y = self.drop_path(y) + x
+            y = add_residual(self.drop_path(y), x)
         return y
 
 

@@ -76,8 +76,16 @@ class MaxPool2dSame(nn.Module):
 
 
 def max_pool_same(x: torch.Tensor, kernel: int, stride: int) -> torch.Tensor:
+    """Max pooling with TF 'SAME' padding. The padding is the pooling's own implicit ``-inf`` padding, plus
+    ``ceil_mode`` for the one extra row/column 'SAME' adds after the map on odd totals: no padded copy of the
+    input. A padded copy is made only where that does not reproduce 'SAME' (kernel wider than twice the padding
+    allows); either way the windows, hence the maxima, are exactly TF's."""
     top, bottom = tf_same_pad(x.shape[-2], kernel, stride)
     left, right = tf_same_pad(x.shape[-1], kernel, stride)
+    if bottom - top in (0, 1) and right - left in (0, 1) and 2 * max(top, left) <= kernel:
+        out = F.max_pool2d(x, kernel, stride, padding=(top, left), ceil_mode=True)
+        if tuple(out.shape[-2:]) == (math.ceil(x.shape[-2] / stride), math.ceil(x.shape[-1] / stride)):
+            return out
     if top or bottom or left or right:
         x = F.pad(x, (left, right, top, bottom), value=float("-inf"))
     return F.max_pool2d(x, kernel, stride)

@@ -56,6 +56,7 @@ from torchvision.ops import MultiScaleRoIAlign, nms, roi_align
 
 from ..backbone import check_input
 from ..backbones import BACKBONE_OVERRIDES, backbone_from_json, config_to_json, get_model_def
+from ..layers.fuse import fold_batchnorm
 from ..layers.ops import get_activation
 from .anchors import MultilevelAnchors
 from .base import TaskModel, load_weights, training_overrides
@@ -139,13 +140,23 @@ class RPNHead(nn.Module):
         for conv in [*self.convs, self.cls_logits, self.bbox_pred]:  # official: N(0, 0.01), zero bias
             nn.init.normal_(conv.weight, std=0.01)
             nn.init.zeros_(conv.bias)
+        self.level_convs: nn.ModuleList | None = None  # set by fold_batchnorm_ (inference only)
+
+    def fold_batchnorm_(self) -> None:
+        """Inference only (:func:`spinenet.optimize_for_inference`): per level, copies of the shared convs with
+        that level's BatchNorms folded in; the norms become identities."""
+        if self.level_convs is not None:
+            return
+        self.level_convs = nn.ModuleList(nn.ModuleList(fold_batchnorm(c, n) for c, n in zip(self.convs, norms))
+                                         for norms in self.norms)
+        self.norms = nn.ModuleList(nn.ModuleList(nn.Identity() for _ in self.convs) for _ in self.norms)
 
     def forward(self, features: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         if len(features) != len(self.norms):
             raise ValueError(f"RPN head: built for {len(self.norms)} levels, got {len(features)} feature maps")
         logits, deltas = [], []
-        for x, norms in zip(features, self.norms):
-            for conv, norm in zip(self.convs, norms):
+        for i, (x, norms) in enumerate(zip(features, self.norms)):
+            for conv, norm in zip(self.convs if self.level_convs is None else self.level_convs[i], norms):
                 x = self.act(norm(conv(x)))
             logits.append(self.cls_logits(x))
             deltas.append(self.bbox_pred(x))

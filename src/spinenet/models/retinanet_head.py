@@ -12,11 +12,13 @@ Output channels follow the official layout: class ``a * num_classes + k`` and bo
 
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
 from torch import nn
 
+from ..layers.fuse import fold_batchnorm
 from ..layers.ops import get_activation
 
 PRIOR_PROBABILITY = 0.01  # focal-loss prior of the class predictor bias (Lin et al. 2017; official head)
@@ -88,6 +90,7 @@ class RetinaNetHead(nn.Module):
         self.box_convs, self.box_norms = tower(), norms()
         self.box_regressor = _conv(widths[-1], num_anchors * 4, separable)
         self.act = get_activation(activation)
+        self.level_convs: nn.ModuleList | None = None  # set by fold_batchnorm_ (inference only)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -106,14 +109,38 @@ class RetinaNetHead(nn.Module):
             x = self.act(norm(conv(x)))
         return x
 
+    def fold_batchnorm_(self) -> None:
+        """Inference only (:func:`spinenet.optimize_for_inference`): per level, a copy of each shared tower conv
+        with that level's BatchNorm folded in (``[level][cls convs + box convs]``); the norms become identities.
+        Separable convs fold into their pointwise part."""
+        def fold(conv: nn.Module, bn: nn.BatchNorm2d) -> nn.Module:
+            if isinstance(conv, SeparableConv2d):
+                folded = copy.deepcopy(conv)
+                folded.pointwise = fold_batchnorm(conv.pointwise, bn)
+                return folded
+            return fold_batchnorm(conv, bn)
+
+        if self.level_convs is not None:
+            return
+        self.level_convs = nn.ModuleList(
+            nn.ModuleList([*(fold(c, n) for c, n in zip(self.cls_convs, cls_norms)),
+                           *(fold(c, n) for c, n in zip(self.box_convs, box_norms))])
+            for cls_norms, box_norms in zip(self.cls_norms, self.box_norms))
+        identities = lambda: nn.ModuleList(  # noqa: E731
+            nn.ModuleList(nn.Identity() for _ in self.cls_convs) for _ in range(self.num_levels))
+        self.cls_norms, self.box_norms = identities(), identities()
+
     def forward_levels(self, features: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """Raw outputs per level: class ``[N, A*K, H, W]`` and box ``[N, A*4, H, W]`` (official channel order)."""
         if len(features) != self.num_levels:
             raise ValueError(f"RetinaNet head: built for {self.num_levels} levels, got {len(features)} feature maps")
         cls_out, box_out = [], []
+        n = len(self.cls_convs)
         for i, x in enumerate(features):
-            cls_out.append(self.classifier(self._subnet(x, self.cls_convs, self.cls_norms[i])))
-            box_out.append(self.box_regressor(self._subnet(x, self.box_convs, self.box_norms[i])))
+            cls_convs, box_convs = ((self.cls_convs, self.box_convs) if self.level_convs is None
+                                    else (self.level_convs[i][:n], self.level_convs[i][n:]))
+            cls_out.append(self.classifier(self._subnet(x, cls_convs, self.cls_norms[i])))
+            box_out.append(self.box_regressor(self._subnet(x, box_convs, self.box_norms[i])))
         return cls_out, box_out
 
     @staticmethod

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import nn
@@ -106,11 +106,16 @@ def _recipe(ckpt: dict[str, Any], source: str = "checkpoint") -> Recipe:
 
 
 def eval_command(ckpt: dict[str, Any], source: str, data: str, device: torch.device, out: str | None = None,
-                 image_size: int | None = None) -> dict[str, float]:
+                 image_size: int | None = None, prepare: Callable[[nn.Module], nn.Module] | None = None
+                 ) -> dict[str, float]:
     """Metrics of a classification / segmentation checkpoint on ``data``; with ``out`` (a folder), also
-    ``metrics.json`` and the confusion-matrix PNG or the overlay PNGs there."""
-    model = load_task_model(ckpt, device, source)
+    ``metrics.json`` and the confusion-matrix PNG or the overlay PNGs there. ``prepare`` transforms the loaded
+    model (e.g. :func:`spinenet.optimize_for_inference`)."""
+    from ..layers.fuse import channels_last_for_bf16
+
     recipe = _recipe(ckpt, source)
+    model = channels_last_for_bf16(load_task_model(ckpt, device, source), device, recipe.optim.precision)
+    model = prepare(model) if prepare else model
     report = Path(out) if out else None
     from ..engine.trainer import autocast_context
 
@@ -142,13 +147,16 @@ def eval_command(ckpt: dict[str, Any], source: str, data: str, device: torch.dev
 
 
 def predict_command(ckpt: dict[str, Any], source: str, images: Sequence[str], device: torch.device, out: str,
-                    image_size: int | None = None, top_k: int = 5, overwrite: bool = False) -> list[dict[str, Any]]:
+                    image_size: int | None = None, top_k: int = 5, overwrite: bool = False,
+                    prepare: Callable[[nn.Module], nn.Module] | None = None) -> list[dict[str, Any]]:
     """Classification: top-``k`` classes per image. Segmentation: a label PNG (``*_mask.png``, class ids) and an
     overlay PNG (``*_pred.png``) per image. Both write ``predictions.json`` in ``out``; returns its records.
-    Inputs and outputs are checked first (:func:`prepare_outputs`)."""
+    Inputs and outputs are checked first (:func:`prepare_outputs`). ``prepare`` transforms the loaded model
+    (e.g. :func:`spinenet.optimize_for_inference`)."""
     from ..data.images import decode_image, read_image_float
 
     model = load_task_model(ckpt, device, source)
+    model = prepare(model) if prepare else model
     recipe = _recipe(ckpt, source)
     folder = Path(out)
     segmentation = ckpt["task"] != "classification"
