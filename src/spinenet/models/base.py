@@ -23,7 +23,7 @@ that), so that no model module imports anything above it.
 from __future__ import annotations
 
 import json
-from typing import Any, Callable, ClassVar, Mapping
+from typing import Any, Callable, ClassVar, Mapping, Sequence
 
 from torch import nn
 
@@ -88,14 +88,16 @@ def training_overrides(config: dict[str, Any], overrides: Mapping[str, Any], *he
                     config[head]["bn_momentum"] = overrides[key]
 
 
-def num_classes_change(config: dict[str, Any], num_classes: int | None, prefixes: tuple[str, ...],
-                       class_names_reset: Any = "drop") -> tuple[str, ...]:
-    """Set ``num_classes`` in ``config``; the prefixes to re-initialise when it differs from the saved count."""
-    if num_classes is None or num_classes == config["num_classes"]:
-        return ()
-    config["num_classes"] = num_classes
-    if class_names_reset == "drop":
-        config.pop("class_names", None)
-    else:
-        config["class_names"] = class_names_reset
-    return prefixes
+def set_classes(config: dict[str, Any], num_classes: int | None, class_names: Sequence[str] | None,
+                reinit_prefixes: tuple[str, ...]) -> tuple[str, ...]:
+    """Apply another class count and/or class names to a saved classifier or segmenter configuration; returns
+    the parameter prefixes to re-initialise (``reinit_prefixes`` when the count changes, else none)."""
+    reinit: tuple[str, ...] = ()
+    if num_classes is not None and num_classes != config["num_classes"]:
+        config["num_classes"], config["class_names"] = num_classes, None
+        reinit = reinit_prefixes
+    if class_names is not None:
+        if len(class_names) != config["num_classes"]:
+            raise ValueError(f"class_names has {len(class_names)} entries, num_classes is {config['num_classes']}")
+        config["class_names"] = [str(n) for n in class_names]
+    return reinit

@@ -37,7 +37,7 @@ from ..backbone import SpineNet, check_input
 from ..backbones import BACKBONE_OVERRIDES, Table, backbone_from_json, config_to_json, get_model_def, resolve_config
 from ..constants import IMAGENET_MEAN, IMAGENET_STD, imagenet_1001_names, imagenet_class_names
 from ..layers import resize_nearest
-from .base import TaskModel, load_weights, training_overrides
+from .base import TaskModel, load_weights, set_classes, training_overrides
 
 CLASSIFIER_FORMAT = "spinenet-classifier/1"
 # TPU classification config (spec 3.8, 7.2): backbone settings the classifiers default to.
@@ -283,15 +283,7 @@ class SpineNetClassifier(TaskModel, nn.Module):
         if "normalize" in head:
             head["normalize"] = normalize_json(head["normalize"])
         config.update(head)
-        reinit: tuple[str, ...] = ()
-        if num_classes is not None and num_classes != config["num_classes"]:
-            config["num_classes"], config["class_names"] = num_classes, None
-            reinit = cls.reinit_on_num_classes
-        if class_names is not None:
-            if len(class_names) != config["num_classes"]:
-                raise ValueError(f"class_names has {len(class_names)} entries, num_classes is {config['num_classes']}")
-            config["class_names"] = [str(n) for n in class_names]
-        return config, reinit
+        return config, set_classes(config, num_classes, class_names, cls.reinit_on_num_classes)
 
     def export_module(self, size: tuple[int, int], **options: Any) -> nn.Module:
         """Logits ``[N, num_classes]`` of a ``[N, 3, H, W]`` RGB batch in [0, 1] at a fixed size."""

@@ -33,7 +33,7 @@ from torch import nn
 from ..backbone import SpineNet, check_input, init_weights
 from ..backbones import BACKBONE_OVERRIDES, Table, backbone_from_json, config_to_json, get_model_def
 from ..layers import ConvNormAct, get_activation, make_norm
-from .base import TaskModel, load_weights, training_overrides
+from .base import TaskModel, load_weights, set_classes, training_overrides
 from .classification import (CLASSIFIER_BACKBONE_DEFAULTS, InputNormalize, as_image_batch, backbone_config,
                              normalize_json)
 
@@ -211,15 +211,7 @@ class SpineNetSegmenter(TaskModel, nn.Module):
             config["ignore_index"] = ignore_index
         if normalize is not None:
             config["normalize"] = normalize_json(normalize)
-        reinit: tuple[str, ...] = ()
-        if num_classes is not None and num_classes != config["num_classes"]:
-            config["num_classes"], config["class_names"] = num_classes, None
-            reinit = cls.reinit_on_num_classes
-        if class_names is not None:
-            if len(class_names) != config["num_classes"]:
-                raise ValueError(f"class_names has {len(class_names)} entries, num_classes is {config['num_classes']}")
-            config["class_names"] = [str(n) for n in class_names]
-        return config, reinit
+        return config, set_classes(config, num_classes, class_names, cls.reinit_on_num_classes)
 
     def export_module(self, size: tuple[int, int], **options: Any) -> nn.Module:
         """Logits ``[N, num_classes, H, W]`` at the input size, for a fixed ``H, W`` (:class:`SegmenterExport`)."""
