@@ -25,7 +25,10 @@ from __future__ import annotations
 import json
 from typing import Any, Callable, ClassVar, Mapping, Sequence
 
+import torch
 from torch import nn
+
+from ..backbone import check_input
 
 _WEIGHTS_LOADER: Callable[..., nn.Module] | None = None
 
@@ -101,3 +104,18 @@ def set_classes(config: dict[str, Any], num_classes: int | None, class_names: Se
             raise ValueError(f"class_names has {len(class_names)} entries, num_classes is {config['num_classes']}")
         config["class_names"] = [str(n) for n in class_names]
     return reinit
+
+
+class LogitsExport(nn.Module):
+    """A classifier or segmenter on a fixed-size ``[N, 3, H, W]`` RGB batch in [0, 1], returning its logits
+    (``[N, num_classes]``, or ``[N, num_classes, H, W]`` at the input size)."""
+
+    output_names = ["logits"]
+
+    def __init__(self, model: nn.Module, size: tuple[int, int]) -> None:
+        super().__init__()
+        self.model, self.size = model, tuple(size)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        check_input(images, self.size)
+        return self.model(images)

@@ -33,11 +33,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..backbone import SpineNet, check_input
+from ..backbone import SpineNet
 from ..backbones import BACKBONE_OVERRIDES, Table, backbone_from_json, config_to_json, get_model_def, resolve_config
 from ..constants import IMAGENET_MEAN, IMAGENET_STD, imagenet_1001_names, imagenet_class_names
 from ..layers import resize_nearest
-from .base import TaskModel, load_weights, set_classes, training_overrides
+from .base import LogitsExport, TaskModel, load_weights, set_classes, training_overrides
 
 CLASSIFIER_FORMAT = "spinenet-classifier/1"
 # TPU classification config (spec 3.8, 7.2): backbone settings the classifiers default to.
@@ -298,18 +298,7 @@ class SpineNetClassifier(TaskModel, nn.Module):
                 for ps, idx in zip(top.values, top.indices)]
 
 
-class ClassifierExport(nn.Module):
-    """A classifier on a ``[N, 3, H, W]`` tensor, returning logits."""
-
-    output_names = ["logits"]
-
-    def __init__(self, classifier: nn.Module, size: tuple[int, int]) -> None:
-        super().__init__()
-        self.classifier, self.size = classifier, tuple(size)
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        check_input(images, self.size)
-        return self.classifier(images)
+ClassifierExport = LogitsExport  # the export wrapper of the model contract (models.base)
 
 
 # ---------------------------------------------------------------------------------------------------- builders

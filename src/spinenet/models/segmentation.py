@@ -30,10 +30,10 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-from ..backbone import SpineNet, check_input, init_weights
+from ..backbone import SpineNet, init_weights
 from ..backbones import BACKBONE_OVERRIDES, Table, backbone_from_json, config_to_json, get_model_def
 from ..layers import ConvNormAct, get_activation, make_norm
-from .base import TaskModel, load_weights, set_classes, training_overrides
+from .base import LogitsExport, TaskModel, load_weights, set_classes, training_overrides
 from .classification import (CLASSIFIER_BACKBONE_DEFAULTS, InputNormalize, as_image_batch, backbone_config,
                              normalize_json)
 
@@ -228,18 +228,7 @@ class SpineNetSegmenter(TaskModel, nn.Module):
             self.train(was_training)
 
 
-class SegmenterExport(nn.Module):
-    """A segmenter on a ``[N, 3, H, W]`` RGB batch in [0, 1], returning logits ``[N, num_classes, H, W]``."""
-
-    output_names = ["logits"]
-
-    def __init__(self, segmenter: nn.Module, size: tuple[int, int]) -> None:
-        super().__init__()
-        self.segmenter, self.size = segmenter, tuple(size)
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        check_input(images, self.size)
-        return self.segmenter(images)
+SegmenterExport = LogitsExport  # the export wrapper of the model contract (models.base)
 
 
 # ---------------------------------------------------------------------------------------------------- builders
