@@ -12,10 +12,10 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from spinenet.data import CocoDetection, dataset_from_path
-from spinenet.data.evaluation import evaluate_coco
 from spinenet.data.masks import masks_to_rles, segmentation_to_mask
 from spinenet.data.transforms import RandomHorizontalFlip, ScaleJitterCrop
-from spinenet.predict import PALETTE, draw_detections
+from spinenet.metrics import evaluate_coco
+from spinenet.visualize import color, draw_detections
 
 
 def _rect(h, w, y0, y1, x0, x1) -> np.ndarray:
@@ -138,7 +138,7 @@ def test_predict_draws_masks():
     image = torch.full((3, 20, 20), 100, dtype=torch.uint8)
     masks = torch.zeros(1, 1, 20, 20)
     masks[0, 0, 5:10, 5:10] = 0.9
-    drawn = np.asarray(draw_detections(image, torch.tensor([[2.0, 2, 18, 18]]), torch.tensor([0.9]), ["a"],
-                                       masks=masks))
-    assert (drawn[7, 7] != 100).any() and tuple(drawn[7, 7]) != PALETTE[0]  # blended, not painted over
+    drawn = draw_detections(image, torch.tensor([[2.0, 2, 18, 18]]), [1], ["a"], torch.tensor([0.9]), masks=masks)
+    drawn = drawn.permute(1, 2, 0).numpy()
+    assert (drawn[7, 7] != 100).any() and tuple(drawn[7, 7]) != color(0)  # blended, not painted over
     assert (drawn[15, 12] == 100).all()  # outside the mask (and off the box outline) untouched

@@ -148,124 +148,23 @@ def _prepare(args: argparse.Namespace, optimize: bool):
     return prepare
 
 
-def _load_for_inference(path: str, device: str | None, ckpt: dict | None = None):
-    from .engine import resolve_device
-    from .engine.checkpoint import load_checkpoint
-    from .models import create_detector_from_config
-
-    dev = resolve_device(device)
-    ckpt = ckpt if ckpt is not None else load_checkpoint(path, map_location="cpu")
-    if ckpt["task"] != "detection":
-        raise ValueError(f"{path} holds a {ckpt['task']} model; this command needs a detection checkpoint")
-    model = create_detector_from_config(ckpt["model_config"])
-    model.load_state_dict(ckpt["model"])
-    return model.to(dev).eval(), ckpt, dev
-
-
-def _detection_image_size(args: argparse.Namespace, ckpt: dict) -> int | None:
-    """``--image-size``, else the size the run evaluated itself at (its recipe's ``eval.image_size``), else
-    ``None`` (the model's training size)."""
-    from .engine import Recipe
-    from .tasks.detection import eval_image_size
-
-    return args.image_size or eval_image_size(Recipe.from_dict(ckpt.get("recipe") or {}, source=args.checkpoint))
-
-
 def cmd_eval(args: argparse.Namespace) -> int:
-    from .data import dataset_from_path
-    from .data.evaluation import predictions_to_coco_results, save_results_json
-    from .engine import resolve_device
-    from .engine.checkpoint import load_checkpoint
-    from .tasks.detection import DETECTION_METRICS, MASK_METRICS, evaluate_predictions, inference_size, \
-        predict_dataset
+    from .tasks import evaluate_checkpoint
 
-    ckpt = load_checkpoint(args.checkpoint, map_location="cpu")
-    if ckpt["task"] != "detection":  # classification / segmentation: one dispatch on the checkpoint's task
-        from .tasks.inference import eval_command
-
-        if args.classes:
-            raise ValueError("--classes selects a class mode of the built-in detection sets")
-        metrics = eval_command(ckpt, args.checkpoint, args.data, resolve_device(args.device), args.out,
-                               args.image_size, prepare=_prepare(args, args.optimize))
-        print("  ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
-        if args.out:
-            print(f"metrics.json and {'confusion_matrix.png' if ckpt['task'] == 'classification' else 'overlays/'} "
-                  f"in {args.out}")
-        return 0
-    model, ckpt, device = _load_for_inference(args.checkpoint, args.device, ckpt)
-    model = _prepare(args, args.optimize)(model)
-    kwargs = {"classes": args.classes} if args.classes else {}
-    dataset = dataset_from_path(args.data, **kwargs)
-    if list(dataset.classes) != list(ckpt["classes"]):
-        raise ValueError(f"{args.data} has classes {dataset.classes[1:]}, the checkpoint {ckpt['classes'][1:]}")
-    with inference_size(model, _detection_image_size(args, ckpt)):
-        predictions = predict_dataset(model, dataset, device)
-    metrics = evaluate_predictions(predictions, dataset)
-    print("  ".join(f"{k} {metrics[k]:.4f}" for k in DETECTION_METRICS))
-    if "mask_AP" in metrics:  # Mask R-CNN on a set with instance masks: COCO segm metrics
-        print("  ".join(f"{k} {metrics[k]:.4f}" for k in MASK_METRICS))
-    if args.out:
-        ids = list(predictions)
-        results = predictions_to_coco_results([predictions[i] for i in ids], ids, dataset.category_ids)
-        save_results_json(args.out, results)
-        print(f"wrote {len(results)} detections to {args.out}")
+    result = evaluate_checkpoint(args.checkpoint, args.data, device=args.device, out=args.out,
+                                 image_size=args.image_size, classes=args.classes,
+                                 prepare=_prepare(args, args.optimize))
+    print("\n".join(result.lines))
     return 0
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from pathlib import Path
+    from .tasks import predict_checkpoint
 
-    from .data.images import decode_image
-    from .files import write_json
-    from .predict import draw_detections
-    from .engine import resolve_device
-    from .engine.checkpoint import load_checkpoint
-    from .tasks.detection import inference_size
-    from .tasks.inference import prepare_outputs
-
-    ckpt = load_checkpoint(args.checkpoint, map_location="cpu")
-    if ckpt["task"] != "detection":
-        from .tasks.inference import predict_command
-
-        records = predict_command(ckpt, args.checkpoint, args.images, resolve_device(args.device), args.out,
-                                  args.image_size, overwrite=args.overwrite,
-                                  prepare=_prepare(args, not args.no_optimize))
-        for r in records:
-            summary = (", ".join(f"{t['class']} {t['probability']:.3f}" for t in r["top"][:3]) if "top" in r
-                       else f"-> {r['mask']}, {r['overlay']}")
-            print(f"{r['file_name']}: {summary}")
-        print(f"{len(records)} images -> {args.out}/predictions.json")
-        return 0
-    model, ckpt, device = _load_for_inference(args.checkpoint, args.device, ckpt)
-    model = _prepare(args, not args.no_optimize)(model)
-    model.score_thresh = min(model.score_thresh, args.score_thresh)  # a lower display threshold reaches NMS too
-    out = Path(args.out)
-    stems = prepare_outputs(args.images, out, ("_pred.png",), args.overwrite, decode_image)
-    classes, category_ids = ckpt["classes"], ckpt["category_ids"]
-    records = []
-    import torch
-
-    for image_path, stem in zip(args.images, stems):
-        image = decode_image(image_path)
-        with torch.no_grad(), inference_size(model, _detection_image_size(args, ckpt)):
-            (det,) = model([image.to(device).float() / 255])
-        keep = det["scores"] >= args.score_thresh
-        boxes, scores, labels = det["boxes"][keep].cpu(), det["scores"][keep].cpu(), det["labels"][keep].cpu()
-        masks = det["masks"][keep].cpu() if "masks" in det else None  # Mask R-CNN: [K, 1, H, W] probabilities
-        from .data.masks import masks_to_rles
-
-        rles = masks_to_rles(masks) if masks is not None else [None] * len(boxes)
-        for box, score, label, rle in zip(boxes.tolist(), scores.tolist(), labels.tolist(), rles):
-            records.append({"file_name": str(image_path), "drawn": f"{stem}_pred.png",
-                            "bbox": [box[0], box[1], box[2] - box[0], box[3] - box[1]],
-                            "score": score, "category_id": int(category_ids[label]), "category": classes[label],
-                            **({"segmentation": rle} if rle is not None else {})})
-        drawn = draw_detections(image, boxes, scores, [classes[i] for i in labels.tolist()], masks=masks)
-        tmp = out / f".{stem}_pred.png.tmp.png"
-        drawn.save(tmp)
-        os.replace(tmp, out / f"{stem}_pred.png")
-    write_json(out / "predictions.json", records, indent=1)
-    print(f"{len(records)} detections on {len(args.images)} images -> {out}/predictions.json and *_pred.png")
+    result = predict_checkpoint(args.checkpoint, args.images, out=args.out, device=args.device,
+                                image_size=args.image_size, score_thresh=args.score_thresh,
+                                overwrite=args.overwrite, prepare=_prepare(args, not args.no_optimize))
+    print("\n".join(result.lines))
     return 0
 
 

@@ -1,42 +1,36 @@
-"""Drawing detections (boxes, and Mask R-CNN instance masks) on images (PIL)."""
+"""Drawing detections on images: :func:`spinenet.visualize.draw_detections` (torchvision, the package palette).
+
+``draw_detections`` here keeps the signature of the 0.1.0 release (scores before names, a ``PIL.Image`` back) for
+one release, with a ``DeprecationWarning``.
+"""
 
 from __future__ import annotations
 
+import warnings
 from typing import Sequence
 
-import numpy as np
 import torch
-from PIL import Image, ImageDraw
 
-PALETTE = [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180),
-           (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212)]
+from .visualize import MASK_ALPHA, palette
 
+__all__ = ["MASK_ALPHA", "PALETTE", "draw_detections"]
 
-MASK_ALPHA = 0.45  # opacity of an instance mask's fill
+PALETTE = palette(10)  # the first colours of the package palette (spinenet.visualize.color)
 
 
 def draw_detections(image: torch.Tensor, boxes: torch.Tensor, scores: torch.Tensor, names: Sequence[str],
-                    colors: dict[str, tuple[int, int, int]] | None = None,
-                    masks: torch.Tensor | None = None) -> Image.Image:
-    """uint8 [3,H,W] image + xyxy pixel boxes -> a PIL image with labelled rectangles.
+                    colors: dict[str, tuple[int, int, int]] | None = None, masks: torch.Tensor | None = None):
+    """Deprecated: :func:`spinenet.visualize.draw_detections` (class ids pick the colours; a tensor comes back).
+    Here each distinct name gets a palette colour in order of appearance; the result is a ``PIL.Image``."""
+    from PIL import Image
 
-    ``masks`` (``[K, H, W]`` or ``[K, 1, H, W]``, 0/1 or probabilities thresholded at 0.5) are filled in each
-    instance's own colour (cycling through :data:`PALETTE`) at :data:`MASK_ALPHA` under the boxes.
-    """
-    array = image.permute(1, 2, 0).cpu().numpy()
-    if masks is not None and len(masks):
-        if masks.dim() == 4:
-            masks = masks[:, 0]
-        canvas = array.astype(np.float32)
-        for k, mask in enumerate((masks > 0.5).cpu().numpy()):
-            color = np.array(PALETTE[k % len(PALETTE)], dtype=np.float32)
-            canvas[mask] = (1 - MASK_ALPHA) * canvas[mask] + MASK_ALPHA * color
-        array = canvas.round().clip(0, 255).astype(np.uint8)
-    pil = Image.fromarray(array)
-    draw = ImageDraw.Draw(pil)
-    colors = dict(colors or {})
-    for box, score, name in zip(boxes.tolist(), scores.tolist(), names):
-        color = colors.setdefault(name, PALETTE[len(colors) % len(PALETTE)])
-        draw.rectangle(box, outline=color, width=2)
-        draw.text((box[0] + 2, box[1] + 1), f"{name} {score:.2f}", fill=color)
-    return pil
+    from .visualize import draw_detections as draw
+
+    warnings.warn("spinenet.predict.draw_detections is deprecated; use spinenet.visualize.draw_detections "
+                  "(image, boxes, class_ids, names, scores, masks)", DeprecationWarning, stacklevel=2)
+    if colors:
+        raise ValueError("draw_detections: colors= is gone; boxes take the package palette by class id "
+                         "(spinenet.visualize.draw_detections)")
+    order = list(dict.fromkeys(names))
+    drawn = draw(image, boxes, [order.index(n) for n in names], names, scores, masks)
+    return Image.fromarray(drawn.permute(1, 2, 0).numpy())

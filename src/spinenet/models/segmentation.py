@@ -19,26 +19,25 @@ stochastic depth defaults to 0.
 
 from __future__ import annotations
 
-import colorsys
 import warnings
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from torch import nn
 
 from ..backbone import SpineNet, init_weights
 from ..backbones import BACKBONE_OVERRIDES, Table, backbone_from_json, config_to_json, get_model_def
 from ..layers import ConvNormAct, get_activation, make_norm
+# the metrics and overlay drawing of segmenters live with every task's (mean_iou and draw_overlay stay importable)
+from ..metrics import IGNORE_INDEX, confusion_matrix, iou_from_confusion, mean_iou
+from ..visualize import draw_overlay, segmentation_palette
 from .base import LogitsExport, TaskModel, load_weights, set_classes, training_overrides
 from .classification import (CLASSIFIER_BACKBONE_DEFAULTS, InputNormalize, as_image_batch, backbone_config,
                              normalize_json)
 
 SEGMENTER_FORMAT = "spinenet-segmenter/1"
-IGNORE_INDEX = 255
 SEGMENTER_BACKBONE_DEFAULTS: dict[str, Any] = {**CLASSIFIER_BACKBONE_DEFAULTS, "stochastic_depth_rate": 0.0}
 CLASSIFIER_INIT_STD = 0.01
 HEAD_OVERRIDES = ("head_width", "head_convs", "dropout")
@@ -309,96 +308,3 @@ def create_segmenter_from_config(config: Mapping[str, Any]) -> SpineNetSegmenter
     full = {"ignore_index": IGNORE_INDEX, "class_names": None, **config, "normalize": normalize}
     return SpineNetSegmenter(backbone, head, num_classes, full["ignore_index"], normalize, config=full)
 
-
-# ----------------------------------------------------------------------------------------------------- metrics
-def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, num_classes: int,
-                     ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
-    """``[C, C]`` int64 counts, rows = target class, columns = predicted class, over pixels whose target is not
-    ``ignore_index``. ``pred`` may be label maps (same shape as ``target``) or logits with a class dim 1.
-    Sum these over a dataset and call :func:`iou_from_confusion` for the dataset-level mean IoU."""
-    pred, target = torch.as_tensor(pred), torch.as_tensor(target)
-    if pred.dim() == target.dim() + 1:
-        pred = pred.argmax(dim=1)
-    if pred.shape != target.shape:
-        raise ValueError(f"confusion_matrix: pred {list(pred.shape)} and target {list(target.shape)} differ in shape")
-    target = target.reshape(-1).long()
-    pred = pred.reshape(-1).long().to(target.device)
-    valid = target != ignore_index
-    target, pred = target[valid], pred[valid]
-    bad = (target < 0) | (target >= num_classes) | (pred < 0) | (pred >= num_classes)
-    if bool(bad.any()):
-        raise ValueError(f"confusion_matrix: labels outside 0..{num_classes - 1} (and not ignore_index="
-                         f"{ignore_index}) found")
-    return torch.bincount(target * num_classes + pred, minlength=num_classes ** 2).reshape(num_classes, num_classes)
-
-
-def iou_from_confusion(matrix: torch.Tensor) -> tuple[float, torch.Tensor]:
-    """``(mean IoU, per-class IoU [C])``; IoU = TP / (TP + FP + FN). Classes absent from both prediction and
-    target have IoU NaN and are left out of the mean (NaN if no class is present at all)."""
-    matrix = matrix.double()
-    tp = matrix.diagonal()
-    union = matrix.sum(0) + matrix.sum(1) - tp
-    per_class = torch.where(union > 0, tp / union.clamp(min=1), torch.full_like(tp, float("nan")))
-    present = ~per_class.isnan()
-    miou = float(per_class[present].mean()) if bool(present.any()) else float("nan")
-    return miou, per_class
-
-
-def mean_iou(pred: torch.Tensor, target: torch.Tensor, num_classes: int,
-             ignore_index: int = IGNORE_INDEX) -> tuple[float, torch.Tensor]:
-    """Mean intersection-over-union of label maps (or logits) against targets: ``(miou, per_class_iou)``."""
-    return iou_from_confusion(confusion_matrix(pred, target, num_classes, ignore_index))
-
-
-# ----------------------------------------------------------------------------------------------------- drawing
-def segmentation_palette(num_colors: int) -> np.ndarray:
-    """``[num_colors, 3]`` uint8 colours, well separated: hues stepped by the golden ratio, two brightness
-    levels alternating, so neighbouring class ids never get similar colours."""
-    colors = []
-    for i in range(num_colors):
-        hue = (i * 0.618033988749895) % 1.0
-        value = 0.95 if i % 2 == 0 else 0.75
-        colors.append(colorsys.hsv_to_rgb(hue, 0.85, value))
-    return (np.asarray(colors, dtype=np.float64).reshape(-1, 3) * 255).round().astype(np.uint8)
-
-
-def _image_hwc(image: Any) -> np.ndarray:
-    if isinstance(image, Image.Image):
-        return np.asarray(image.convert("RGB"))
-    array = image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
-    if array.ndim == 3 and array.shape[0] == 3 and array.shape[-1] != 3:
-        array = array.transpose(1, 2, 0)  # CHW (torch) -> HWC
-    if array.ndim != 3 or array.shape[-1] != 3 or array.dtype != np.uint8:
-        raise ValueError(f"draw_overlay: image must be uint8 RGB, [3, H, W] or [H, W, 3]; got {array.dtype} "
-                         f"{list(array.shape)}")
-    return array
-
-
-def draw_overlay(image_uint8: Any, mask: Any, alpha: float = 0.5, *, num_classes: int | None = None,
-                 background: int | None = 0, ignore_index: int = IGNORE_INDEX) -> Image.Image:
-    """Blend a class mask over an image: ``PIL.Image`` (RGB) of the image's size.
-
-    ``image_uint8``: uint8 ``[3, H, W]`` tensor, ``[H, W, 3]`` array or a PIL image. ``mask``: ``[H, W]`` class
-    ids (tensor or array). Each class gets a colour of :func:`segmentation_palette` (``num_classes`` colours,
-    default ``max id + 1``) blended with weight ``alpha``; pixels of ``background`` (None: paint every class) and
-    of ``ignore_index`` keep the image.
-    """
-    if not 0.0 <= float(alpha) <= 1.0:
-        raise ValueError(f"draw_overlay: alpha must be in [0, 1], got {alpha}")
-    image = _image_hwc(image_uint8)
-    labels = (mask.detach().cpu().numpy() if isinstance(mask, torch.Tensor) else np.asarray(mask)).astype(np.int64)
-    if labels.ndim == 3 and labels.shape[0] == 1:
-        labels = labels[0]
-    if labels.shape != image.shape[:2]:
-        raise ValueError(f"draw_overlay: mask {list(labels.shape)} and image {list(image.shape[:2])} differ in size")
-    paint = (labels != ignore_index) & (labels >= 0)
-    if background is not None:
-        paint &= labels != background
-    out = image.astype(np.float32)
-    if paint.any():
-        count = num_classes if num_classes is not None else int(labels[paint].max()) + 1
-        if int(labels[paint].max()) >= count:
-            raise ValueError(f"draw_overlay: mask has class id {int(labels[paint].max())} >= num_classes={count}")
-        colors = segmentation_palette(count).astype(np.float32)
-        out[paint] = (1.0 - alpha) * out[paint] + alpha * colors[labels[paint]]
-    return Image.fromarray(out.round().clip(0, 255).astype(np.uint8))

@@ -12,6 +12,8 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from ..engine.config import Recipe
+from ..metrics import classification_metrics
+from .inference import EvalResult, PredictResult, TrainedModel, check_classes, evaluate_and_report, prepare_outputs
 
 
 def eval_crop(recipe: Recipe | None) -> float:
@@ -62,8 +64,6 @@ class ClassificationTask:
         val = (_checked(classification_dataset_from_path(self.val_data, train.classes), self.val_data, "--val-data")
                if self.val_data else None)
         if val is not None:
-            from .inference import check_classes
-
             check_classes(val.classes, train.classes, self.val_data, f"--data {self.data}")
         return train, val
 
@@ -103,6 +103,67 @@ class ClassificationTask:
         return metrics
 
 
+    # ------------------------------------------------------------------------------------------- inference
+    model_tasks = ("classification",)
+
+    @classmethod
+    def evaluate_checkpoint(cls, trained: TrainedModel, data: str, *, out: str | None = None,
+                            image_size: int | None = None, classes: str | None = None) -> EvalResult:
+        """Top-1 / top-5 of a classifier on an image folder or ``fashion-mnist:...``; with ``out`` (a folder),
+        ``metrics.json`` and ``confusion_matrix.png`` there. ``image_size`` replaces the training size."""
+        from ..data.classification import classification_dataset_from_path
+        from ..layers.fuse import channels_last_for_bf16
+
+        if classes:
+            raise ValueError("--classes selects a class mode of the built-in detection sets")
+        recipe = trained.recipe
+        model = trained.ready(channels_last_for_bf16(trained.model, trained.device, recipe.optim.precision))
+        dataset = classification_dataset_from_path(data, trained.classes)
+        check_classes(dataset.classes, trained.classes, data, trained.source)
+        if image_size:
+            recipe = recipe.replace(image_size=image_size)
+        task = cls(model=trained.model.config["name"], data=data, report_dir=out)
+        return evaluate_and_report(trained, task, model, dataset, data, recipe, out, "confusion_matrix.png")
+
+    @classmethod
+    def predict_images(cls, trained: TrainedModel, images: Sequence[str], *, out: str,
+                       image_size: int | None = None, score_thresh: float = 0.3, overwrite: bool = False,
+                       top_k: int = 5) -> PredictResult:
+        """The top-``k`` classes of each image (centre crop as in evaluation) in ``out/predictions.json``."""
+        from ..data.classification import center_crop_resize
+        from ..data.images import decode_image
+        from ..files import write_json
+
+        model = trained.ready()
+        recipe = trained.recipe
+        prepare_outputs(images, out, (), overwrite, decode_image)
+        size = image_size or recipe.data.image_size
+        crop, hflip = eval_crop(recipe), eval_hflip(recipe)
+        records: list[dict[str, Any]] = []
+        for path in images:
+            image = center_crop_resize(decode_image(path), size, crop)
+            with torch.no_grad():
+                logits = classify(model, image[None].to(trained.device), hflip).cpu()
+            top = [{"class": name, "probability": round(p, 6)} for name, p in trained.model.decode(logits, top_k)[0]]
+            records.append({"file_name": str(path), "top": top})
+        write_json(Path(out) / "predictions.json", records, indent=1)
+        lines = [f"{r['file_name']}: " + ", ".join(f"{t['class']} {t['probability']:.3f}" for t in r["top"][:3])
+                 for r in records]
+        return PredictResult(records, [*lines, f"{len(records)} images -> {out}/predictions.json"])
+
+    @staticmethod
+    def visualize(image: torch.Tensor, prediction: torch.Tensor, classes: Sequence[str]) -> torch.Tensor:
+        """The image (uint8 ``[3, H, W]``) framed in the colour of its top class, labelled with the class and its
+        probability; ``prediction``: the image's logits ``[C]``."""
+        from ..visualize import draw_detections
+
+        probs = prediction.float().softmax(-1)
+        k = int(probs.argmax())
+        h, w = image.shape[-2:]
+        return draw_detections(image, torch.tensor([[0.0, 0.0, w - 1.0, h - 1.0]]), [k], [classes[k]],
+                               [float(probs[k])])
+
+
 def predict_dataset(model: nn.Module, dataset: Dataset, device: torch.device, image_size: int,
                     crop: float = 0.875, batch_size: int = 200,
                     hflip: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
@@ -129,20 +190,6 @@ def predict_dataset(model: nn.Module, dataset: Dataset, device: torch.device, im
     if not all_logits:
         raise ValueError(f"{getattr(dataset, 'name', 'dataset')}: no readable image to evaluate")
     return torch.cat(all_logits), torch.cat(all_labels)
-
-
-def classification_metrics(logits: torch.Tensor, labels: torch.Tensor,
-                           num_classes: int) -> tuple[dict[str, float], torch.Tensor]:
-    """``({"top1", "top5", "loss"}, confusion [C, C])``; rows = true class, columns = predicted class.
-    With fewer than 5 classes top-5 counts every class (= 1.0)."""
-    k = min(5, logits.shape[1])
-    top = logits.topk(k, dim=1).indices
-    correct = top == labels[:, None]
-    matrix = torch.bincount(labels * num_classes + top[:, 0], minlength=num_classes ** 2).reshape(num_classes,
-                                                                                                   num_classes)
-    metrics = {"top1": float(correct[:, 0].float().mean()), "top5": float(correct.any(dim=1).float().mean()),
-               "loss": float(torch.nn.functional.cross_entropy(logits, labels)), "images": float(len(labels))}
-    return metrics, matrix
 
 
 def save_confusion_matrix(matrix: torch.Tensor, classes: Sequence[str], path: str | os.PathLike[str],

@@ -1,15 +1,18 @@
-"""Detection as an engine task: RetinaNet on SpineNet, COCO / VOC / tree data, COCO metrics."""
+"""Detection as an engine task: RetinaNet and Mask R-CNN on SpineNet, COCO / VOC / tree data, COCO metrics; their
+evaluation, predictions and drawings from a checkpoint."""
 
 from __future__ import annotations
 
 import contextlib
-from typing import Any
+from pathlib import Path
+from typing import Any, Sequence
 
 import torch
 from torch import nn
 from torch.utils.data import Dataset
 
 from ..engine.config import Recipe
+from .inference import EvalResult, PredictResult, TrainedModel, prepare_outputs
 
 DETECTION_METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
 MASK_METRICS = tuple(f"mask_{k}" for k in DETECTION_METRICS)  # COCO segm metrics of Mask R-CNN models
@@ -152,6 +155,84 @@ class DetectionTask:
         return evaluate_predictions(predictions, dataset)
 
 
+    # ------------------------------------------------------------------------------------------- inference
+    model_tasks = ("retinanet", "maskrcnn")
+
+    @classmethod
+    def evaluate_checkpoint(cls, trained: TrainedModel, data: str, *, out: str | None = None,
+                            image_size: int | None = None, classes: str | None = None) -> EvalResult:
+        """COCO box AP (and mask AP for Mask R-CNN on a set with instance masks) of a detector on ``data`` at the
+        long side ``image_size`` (default: its recipe's ``eval.image_size``, else its training size); with
+        ``out``, the COCO results JSON there. ``classes``: a class mode of the built-in sets (``dead_alive``)."""
+        from ..data import dataset_from_path
+        from ..metrics import predictions_to_coco_results, save_results_json
+
+        model = trained.ready()
+        dataset = dataset_from_path(data, **({"classes": classes} if classes else {}))
+        if list(dataset.classes) != trained.classes:
+            raise ValueError(f"{data} has classes {dataset.classes[1:]}, the checkpoint {trained.classes[1:]}")
+        with inference_size(model, image_size or eval_image_size(trained.recipe)):
+            predictions = predict_dataset(model, dataset, trained.device)
+        metrics = evaluate_predictions(predictions, dataset)
+        lines = ["  ".join(f"{k} {metrics[k]:.4f}" for k in DETECTION_METRICS)]
+        if "mask_AP" in metrics:  # Mask R-CNN on a set with instance masks: COCO segm metrics
+            lines.append("  ".join(f"{k} {metrics[k]:.4f}" for k in MASK_METRICS))
+        if out:
+            ids = list(predictions)
+            results = predictions_to_coco_results([predictions[i] for i in ids], ids, dataset.category_ids)
+            save_results_json(out, results)
+            lines.append(f"wrote {len(results)} detections to {out}")
+        return EvalResult(metrics, lines)
+
+    @classmethod
+    def predict_images(cls, trained: TrainedModel, images: Sequence[str], *, out: str,
+                       image_size: int | None = None, score_thresh: float = 0.3,
+                       overwrite: bool = False) -> PredictResult:
+        """Detections at or above ``score_thresh`` per image: COCO-style records (``bbox`` xywh, ``score``,
+        ``category_id``, ``category``; Mask R-CNN also ``segmentation`` RLEs) in ``out/predictions.json`` and the
+        drawn image ``<stem>_pred.png`` (:meth:`visualize`)."""
+        from ..data.images import decode_image
+        from ..data.masks import masks_to_rles
+        from ..files import write_json
+        from ..visualize import save_png
+
+        model = trained.ready()
+        model.score_thresh = min(model.score_thresh, score_thresh)  # a lower display threshold reaches NMS too
+        folder = Path(out)
+        stems = prepare_outputs(images, folder, ("_pred.png",), overwrite, decode_image)
+        classes, category_ids = trained.classes, trained.ckpt["category_ids"]
+        size = image_size or eval_image_size(trained.recipe)
+        records: list[dict[str, Any]] = []
+        for image_path, stem in zip(images, stems):
+            image = decode_image(image_path)
+            with torch.no_grad(), inference_size(model, size):
+                (det,) = model([image.to(trained.device).float() / 255])
+            keep = det["scores"] >= score_thresh
+            det = {k: v[keep].cpu() for k, v in det.items()}  # Mask R-CNN "masks": [K, 1, H, W] probabilities
+            rles = masks_to_rles(det["masks"]) if "masks" in det else [None] * len(det["boxes"])
+            for box, score, label, rle in zip(det["boxes"].tolist(), det["scores"].tolist(), det["labels"].tolist(),
+                                              rles):
+                records.append({"file_name": str(image_path), "drawn": f"{stem}_pred.png",
+                                "bbox": [box[0], box[1], box[2] - box[0], box[3] - box[1]],
+                                "score": score, "category_id": int(category_ids[label]), "category": classes[label],
+                                **({"segmentation": rle} if rle is not None else {})})
+            save_png(cls.visualize(image, det, classes), folder / f"{stem}_pred.png")
+        write_json(folder / "predictions.json", records, indent=1)
+        return PredictResult(records, [f"{len(records)} detections on {len(images)} images -> "
+                                       f"{folder}/predictions.json and *_pred.png"])
+
+    @staticmethod
+    def visualize(image: torch.Tensor, prediction: dict[str, torch.Tensor], classes: Sequence[str]) -> torch.Tensor:
+        """The detections ``prediction`` (``boxes`` xyxy, ``labels``, ``scores``; Mask R-CNN ``masks``) drawn on
+        the uint8 ``[3, H, W]`` image: boxes in their class's palette colour, labelled ``<class> <score>``, each
+        instance's mask filled in its own colour (:func:`spinenet.visualize.draw_detections`)."""
+        from ..visualize import draw_detections
+
+        labels = [int(i) for i in prediction["labels"].tolist()]
+        return draw_detections(image, prediction["boxes"], labels, [classes[i] for i in labels],
+                               prediction.get("scores"), masks=prediction.get("masks"))
+
+
 def eval_image_size(recipe: Recipe | None) -> int | None:
     """The long side a recipe evaluates at (its ``eval.image_size``); ``None``: the training size."""
     return (recipe.eval.image_size or None) if recipe is not None else None
@@ -194,7 +275,7 @@ def predict_dataset(model: nn.Module, dataset: Dataset, device: torch.device, ba
 
 
 def evaluate_predictions(predictions: dict[int, dict], dataset: Dataset) -> dict[str, float]:
-    from ..data.evaluation import evaluate_coco
+    from ..metrics import evaluate_coco
 
     gt = dataset.to_coco()
     metrics = evaluate_coco(predictions, gt, dataset.category_ids)

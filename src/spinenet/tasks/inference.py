@@ -1,15 +1,19 @@
-"""``spinenet eval`` / ``spinenet predict`` for classification and segmentation checkpoints.
+"""What ``spinenet eval`` and ``spinenet predict`` share across tasks, and the interface each task implements.
 
-The CLI reads the checkpoint once and dispatches on its ``task`` entry; detection keeps its own code in
-:mod:`spinenet.cli`. Everything a checkpoint needs to rebuild its model is inside it: ``model_config`` (the
-classifier / segmenter config), ``classes`` and the training ``recipe`` (evaluation crop, input size and scale).
+A training checkpoint holds everything its model needs: ``model_config`` (rebuilt by the registry,
+:func:`spinenet.registry.model_from_config`, whatever the task), ``model`` (the weights), ``classes`` and the
+training ``recipe`` (evaluation crop and size, input scale). :func:`load_trained` reads one into a
+:class:`TrainedModel`; the model's declared ``task`` (the registry's vocabulary: ``retinanet``, ``maskrcnn``,
+``classification``, ``segmentation``) selects the task (:func:`spinenet.tasks.inference_task`), which evaluates,
+predicts and draws (:class:`InferenceTask`). The CLI only parses arguments and prints the lines a task returns.
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, ClassVar, Protocol, Sequence
 
 import torch
 from torch import nn
@@ -17,19 +21,103 @@ from torch import nn
 from ..engine.config import Recipe
 from ..files import write_json
 
+Prepare = Callable[[nn.Module], nn.Module]
+
+
+@dataclass
+class TrainedModel:
+    """A checkpoint's trained model on ``device`` in eval mode, with the checkpoint it came from. ``prepare``
+    transforms the model before it runs (e.g. :func:`spinenet.optimize_for_inference`; see :meth:`ready`)."""
+
+    ckpt: dict[str, Any]
+    source: str
+    model: nn.Module
+    device: torch.device
+    prepare: Prepare | None = None
+    task: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.task = self.model.task  # read before any transform: the registry task the model declares
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.ckpt["classes"])
+
+    @property
+    def recipe(self) -> Recipe:
+        """The checkpoint's training recipe (flat recipes of earlier checkpoints are migrated)."""
+        return Recipe.from_dict(self.ckpt.get("recipe") or {"task": self.ckpt["task"]}, source=self.source)
+
+    def ready(self, model: nn.Module | None = None) -> nn.Module:
+        """``model`` (default: the loaded one) after ``prepare``."""
+        model = self.model if model is None else model
+        return self.prepare(model) if self.prepare else model
+
 
 def load_task_model(ckpt: dict[str, Any], device: torch.device, source: str = "checkpoint") -> nn.Module:
-    """The trained classifier or segmenter of a checkpoint, on ``device``, in eval mode."""
-    task = ckpt["task"]
-    if task == "classification":
-        from ..models.classification import create_classifier_from_config as build
-    elif task == "segmentation":
-        from ..models.segmentation import create_segmenter_from_config as build
-    else:
-        raise ValueError(f"{source} holds a {task!r} model; expected classification or segmentation")
-    model = build(ckpt["model_config"])
+    """The trained model of a checkpoint, rebuilt from its ``model_config`` by the registry, on ``device``, in
+    eval mode."""
+    from ..registry import model_from_config
+
+    try:
+        model = model_from_config(ckpt["model_config"])
+    except KeyError:
+        raise ValueError(f"{source} has no 'model_config'; it is not a spinenet training checkpoint") from None
     model.load_state_dict(ckpt["model"])
     return model.to(device).eval()
+
+
+def load_trained(path: str | os.PathLike[str], device: str | torch.device | None = None,
+                 prepare: Prepare | None = None) -> TrainedModel:
+    """Read a training checkpoint (``checkpoints/final.pt``) and rebuild its model on ``device`` (default: CUDA
+    when available)."""
+    from ..engine import resolve_device
+    from ..engine.checkpoint import load_checkpoint
+
+    dev = resolve_device(device)
+    ckpt = load_checkpoint(path, map_location="cpu")
+    return TrainedModel(ckpt, str(path), load_task_model(ckpt, dev, str(path)), dev, prepare)
+
+
+@dataclass
+class EvalResult:
+    """What an evaluation measured (``metrics``) and the ``lines`` that tell a user (the metrics, the files)."""
+
+    metrics: dict[str, float]
+    lines: list[str]
+
+
+@dataclass
+class PredictResult:
+    """The records written to ``predictions.json`` and the ``lines`` that tell a user."""
+
+    records: list[dict[str, Any]]
+    lines: list[str]
+
+
+class InferenceTask(Protocol):
+    """Evaluate, predict and visualize: what every task provides for a trained model (``spinenet eval`` /
+    ``spinenet predict`` call only this)."""
+
+    model_tasks: ClassVar[tuple[str, ...]]  # the registry tasks of the models this task runs
+
+    @classmethod
+    def evaluate_checkpoint(cls, trained: TrainedModel, data: str, *, out: str | None = None,
+                            image_size: int | None = None, classes: str | None = None) -> EvalResult:
+        """Metrics of ``trained`` on the data set ``data``; ``out``: where to write the task's result files."""
+        ...
+
+    @classmethod
+    def predict_images(cls, trained: TrainedModel, images: Sequence[str], *, out: str,
+                       image_size: int | None = None, score_thresh: float = 0.3,
+                       overwrite: bool = False) -> PredictResult:
+        """Predictions on image files: ``predictions.json`` and the task's images in the folder ``out``."""
+        ...
+
+    @staticmethod
+    def visualize(image: torch.Tensor, prediction: Any, classes: Sequence[str]) -> torch.Tensor:
+        """A uint8 ``[3, H, W]`` picture of one image's ``prediction`` (:mod:`spinenet.visualize`)."""
+        ...
 
 
 def check_classes(data_classes: Sequence[str], ckpt_classes: Sequence[str], data: str, source: str) -> None:
@@ -100,106 +188,17 @@ def prepare_outputs(images: Sequence[str | os.PathLike[str]], out: str | os.Path
     return stems
 
 
-def _recipe(ckpt: dict[str, Any], source: str = "checkpoint") -> Recipe:
-    """The checkpoint's training recipe (flat recipes of earlier checkpoints are migrated)."""
-    return Recipe.from_dict(ckpt.get("recipe") or {"task": ckpt["task"]}, source=source)
-
-
-def eval_command(ckpt: dict[str, Any], source: str, data: str, device: torch.device, out: str | None = None,
-                 image_size: int | None = None, prepare: Callable[[nn.Module], nn.Module] | None = None
-                 ) -> dict[str, float]:
-    """Metrics of a classification / segmentation checkpoint on ``data``; with ``out`` (a folder), also
-    ``metrics.json`` and the confusion-matrix PNG or the overlay PNGs there. ``prepare`` transforms the loaded
-    model (e.g. :func:`spinenet.optimize_for_inference`)."""
-    from ..layers.fuse import channels_last_for_bf16
-
-    recipe = _recipe(ckpt, source)
-    model = channels_last_for_bf16(load_task_model(ckpt, device, source), device, recipe.optim.precision)
-    model = prepare(model) if prepare else model
-    report = Path(out) if out else None
+def evaluate_and_report(trained: TrainedModel, task: Any, model: nn.Module, dataset: Any, data: str,
+                        recipe: Recipe, out: str | None, written: str) -> EvalResult:
+    """Run ``task.evaluate`` under the recipe's precision and, with ``out`` (a folder), write ``metrics.json``
+    there beside the task's own report files (``written`` names them for the user)."""
     from ..engine.trainer import autocast_context
 
-    if ckpt["task"] == "classification":
-        from ..data.classification import classification_dataset_from_path
-        from .classification import ClassificationTask
-
-        dataset = classification_dataset_from_path(data, ckpt["classes"])
-        check_classes(dataset.classes, ckpt["classes"], data, source)
-        if image_size:
-            recipe = recipe.replace(image_size=image_size)
-        task: Any = ClassificationTask(model=ckpt["model_config"]["name"], data=data, report_dir=report)
-    else:
-        from ..data.segmentation import segmentation_dataset_from_path
-        from .segmentation import SegmentationTask
-
-        if image_size:
-            raise ValueError("--image-size applies to classification and detection; segmentation runs at the "
-                             "data's own size (times the recipe's input_scale)")
-        dataset = segmentation_dataset_from_path(data)
-        check_classes(dataset.classes, ckpt["classes"], data, source)
-        task = SegmentationTask(model=ckpt["model_config"]["name"], data=data, report_dir=report)
-    with torch.no_grad(), autocast_context(device, recipe.optim.precision):
-        metrics = task.evaluate(model, dataset, device, recipe)
-    if report is not None:
-        report.mkdir(parents=True, exist_ok=True)
-        write_json(report / "metrics.json", {"checkpoint": source, "data": data, **metrics})
-    return metrics
-
-
-def predict_command(ckpt: dict[str, Any], source: str, images: Sequence[str], device: torch.device, out: str,
-                    image_size: int | None = None, top_k: int = 5, overwrite: bool = False,
-                    prepare: Callable[[nn.Module], nn.Module] | None = None) -> list[dict[str, Any]]:
-    """Classification: top-``k`` classes per image. Segmentation: a label PNG (``*_mask.png``, class ids) and an
-    overlay PNG (``*_pred.png``) per image. Both write ``predictions.json`` in ``out``; returns its records.
-    Inputs and outputs are checked first (:func:`prepare_outputs`). ``prepare`` transforms the loaded model
-    (e.g. :func:`spinenet.optimize_for_inference`)."""
-    from ..data.images import decode_image, read_image_float
-
-    model = load_task_model(ckpt, device, source)
-    model = prepare(model) if prepare else model
-    recipe = _recipe(ckpt, source)
-    folder = Path(out)
-    segmentation = ckpt["task"] != "classification"
-    if segmentation and image_size:
-        raise ValueError("--image-size applies to classification and detection; segmentation runs at the "
-                         "images' own size (times the recipe's input_scale)")
-    stems = prepare_outputs(images, folder, ("_mask.png", "_pred.png") if segmentation else (), overwrite,
-                            read_image_float if segmentation else decode_image)
-    records: list[dict[str, Any]] = []
-    classes = list(ckpt["classes"])
-    if ckpt["task"] == "classification":
-        from ..data.classification import center_crop_resize
-        from .classification import classify, eval_crop, eval_hflip
-
-        size = image_size or recipe.data.image_size
-        crop, hflip = eval_crop(recipe), eval_hflip(recipe)
-        for path in images:
-            image = center_crop_resize(decode_image(path), size, crop)
-            with torch.no_grad():
-                logits = classify(model, image[None].to(device), hflip).cpu()
-            top = [{"class": name, "probability": round(p, 6)} for name, p in model.decode(logits, top_k)[0]]
-            records.append({"file_name": str(path), "top": top})
-    else:
-        from PIL import Image
-
-        from ..models.segmentation import draw_overlay
-        from .segmentation import eval_window, input_percentiles, input_scale, predict_logits
-
-        scale = input_scale(recipe)
-        window, overlap = eval_window(recipe)
-        for path, stem in zip(images, stems):
-            image = read_image_float(path)
-            pred = predict_logits(model, image, device, scale, window, overlap, input_percentiles(recipe)).argmax(0)
-            tmp = folder / f".{stem}_mask.png.tmp.png"
-            Image.fromarray(pred.to(torch.uint8).numpy()).save(tmp)
-            os.replace(tmp, folder / f"{stem}_mask.png")
-            rgb = (image.clamp(0, 1) * 255).round().to(torch.uint8)
-            overlay = draw_overlay(rgb, pred, num_classes=len(classes))
-            tmp = folder / f".{stem}_pred.png.tmp.png"
-            overlay.save(tmp)
-            os.replace(tmp, folder / f"{stem}_pred.png")
-            fractions = torch.bincount(pred.flatten(), minlength=len(classes)).double() / pred.numel()
-            records.append({"file_name": str(path), "mask": f"{stem}_mask.png", "overlay": f"{stem}_pred.png",
-                            "class_fraction": {c: round(float(f), 6) for c, f in zip(classes, fractions)}})
-    write_json(folder / "predictions.json", records, indent=1)
-    return records
+    with torch.no_grad(), autocast_context(trained.device, recipe.optim.precision):
+        metrics = task.evaluate(model, dataset, trained.device, recipe)
+    lines = ["  ".join(f"{k} {v:.4f}" for k, v in metrics.items())]
+    if out:
+        Path(out).mkdir(parents=True, exist_ok=True)
+        write_json(Path(out) / "metrics.json", {"checkpoint": trained.source, "data": data, **metrics})
+        lines.append(f"metrics.json and {written} in {out}")
+    return EvalResult(metrics, lines)

@@ -6,15 +6,16 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
 from ..engine.config import Recipe
+from ..metrics import confusion_matrix, segmentation_metrics
+from .inference import EvalResult, PredictResult, TrainedModel, check_classes, evaluate_and_report, prepare_outputs
 
 
 def input_scale(recipe: Recipe | None) -> float:
@@ -140,6 +141,71 @@ class SegmentationTask:
                                      input_percentiles(recipe))
 
 
+    # ------------------------------------------------------------------------------------------- inference
+    model_tasks = ("segmentation",)
+
+    @classmethod
+    def evaluate_checkpoint(cls, trained: TrainedModel, data: str, *, out: str | None = None,
+                            image_size: int | None = None, classes: str | None = None) -> EvalResult:
+        """Foreground / mean IoU of a segmenter on ``nuclei:<half>``; with ``out`` (a folder), ``metrics.json``
+        and ``overlays/`` (image | truth | prediction) there."""
+        from ..data.segmentation import segmentation_dataset_from_path
+        from ..layers.fuse import channels_last_for_bf16
+
+        if classes:
+            raise ValueError("--classes selects a class mode of the built-in detection sets")
+        recipe = trained.recipe
+        model = trained.ready(channels_last_for_bf16(trained.model, trained.device, recipe.optim.precision))
+        if image_size:
+            raise ValueError("--image-size applies to classification and detection; segmentation runs at the "
+                             "data's own size (times the recipe's input_scale)")
+        dataset = segmentation_dataset_from_path(data)
+        check_classes(dataset.classes, trained.classes, data, trained.source)
+        task = cls(model=trained.model.config["name"], data=data, report_dir=out)
+        return evaluate_and_report(trained, task, model, dataset, data, recipe, out, "overlays/")
+
+    @classmethod
+    def predict_images(cls, trained: TrainedModel, images: Sequence[str], *, out: str,
+                       image_size: int | None = None, score_thresh: float = 0.3,
+                       overwrite: bool = False) -> PredictResult:
+        """Per image a label PNG (``*_mask.png``, class ids) and an overlay (``*_pred.png``) in ``out``, and the
+        class fractions in ``out/predictions.json``."""
+        from ..data.images import read_image_float
+        from ..files import write_json
+        from ..visualize import save_png
+
+        model = trained.ready()
+        recipe = trained.recipe
+        if image_size:
+            raise ValueError("--image-size applies to classification and detection; segmentation runs at the "
+                             "images' own size (times the recipe's input_scale)")
+        folder = Path(out)
+        stems = prepare_outputs(images, folder, ("_mask.png", "_pred.png"), overwrite, read_image_float)
+        classes = trained.classes
+        scale, (window, overlap) = input_scale(recipe), eval_window(recipe)
+        records: list[dict[str, Any]] = []
+        for path, stem in zip(images, stems):
+            image = read_image_float(path)
+            pred = predict_logits(model, image, trained.device, scale, window, overlap,
+                                  input_percentiles(recipe)).argmax(0)
+            save_png(pred.to(torch.uint8), folder / f"{stem}_mask.png")
+            save_png(cls.visualize(image, pred, classes), folder / f"{stem}_pred.png")
+            fractions = torch.bincount(pred.flatten(), minlength=len(classes)).double() / pred.numel()
+            records.append({"file_name": str(path), "mask": f"{stem}_mask.png", "overlay": f"{stem}_pred.png",
+                            "class_fraction": {c: round(float(f), 6) for c, f in zip(classes, fractions)}})
+        write_json(folder / "predictions.json", records, indent=1)
+        lines = [f"{r['file_name']}: -> {r['mask']}, {r['overlay']}" for r in records]
+        return PredictResult(records, [*lines, f"{len(records)} images -> {out}/predictions.json"])
+
+    @staticmethod
+    def visualize(image: torch.Tensor, prediction: torch.Tensor, classes: Sequence[str]) -> torch.Tensor:
+        """The class map ``prediction`` (``[H, W]`` ids) blended over the image (float in [0, 1] or uint8
+        ``[3, H, W]``), class ``k`` in the palette's colour ``k``, background (class 0) left as is."""
+        from ..visualize import draw_class_map
+
+        return draw_class_map(_as_uint8(image), prediction, num_classes=len(classes))
+
+
 def predict_logits(model: nn.Module, image: torch.Tensor, device: torch.device,
                    input_scale: float = 1.0, window: int = 0, overlap: float = EVAL_OVERLAP,
                    percentiles: tuple[float, float] | None = None) -> torch.Tensor:
@@ -170,7 +236,6 @@ def evaluate_segmentation(model: nn.Module, dataset: Dataset, device: torch.devi
     come from :func:`predict_logits` (``window`` px tiles, 0 = one pass; ``percentiles`` normalisation). With
     ``report_dir``, writes ``overlays/<data>_<i>.png``: image | ground truth | prediction."""
     from ..data.segmentation import otsu_threshold
-    from ..models.segmentation import confusion_matrix, iou_from_confusion
 
     num_classes = len(dataset.classes)
     ignore = getattr(model, "ignore_index", 255)
@@ -187,38 +252,31 @@ def evaluate_segmentation(model: nn.Module, dataset: Dataset, device: torch.devi
         if report_dir is not None:
             save_overlay_panel(image, mask, pred, num_classes,
                                Path(report_dir) / "overlays" / f"{_slug(getattr(dataset, 'name', 'data'))}_{i}.png")
-    miou, per_class = iou_from_confusion(matrix)
-    metrics = {"miou": miou, "pixel_acc": float(matrix.diagonal().sum() / matrix.sum().clamp(min=1))}
-    if num_classes == 2:
-        metrics["fg_iou"] = float(per_class[1])
-        metrics["otsu_fg_iou"] = float(iou_from_confusion(otsu_matrix)[1][1])
-        metrics["fg_iou_minus_otsu"] = metrics["fg_iou"] - metrics["otsu_fg_iou"]
-    else:
-        metrics["fg_iou"] = float(np.nanmean(per_class[1:].numpy()))  # mean over the non-background classes
-    return metrics
+    return segmentation_metrics(matrix, otsu_matrix if num_classes == 2 else None)
 
 
 def _slug(text: str) -> str:
     return "".join(c if c.isalnum() or c in "-_" else "-" for c in text)
 
 
+def _as_uint8(image: torch.Tensor) -> torch.Tensor:
+    """A float image in [0, 1] as uint8 (rounded); a uint8 image as is."""
+    return image if image.dtype == torch.uint8 else (image.float().clamp(0, 1) * 255).round().to(torch.uint8)
+
+
+def overlay_panel(image: torch.Tensor, mask: torch.Tensor, pred: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """image | ground truth overlay | prediction overlay side by side, 4 px white between: uint8 ``[3, H, 3W + 8]``."""
+    from ..visualize import draw_class_map
+
+    rgb = _as_uint8(image)
+    gap = torch.full((3, rgb.shape[1], 4), 255, dtype=torch.uint8)
+    return torch.cat([rgb, gap, draw_class_map(rgb, mask, num_classes=num_classes), gap,
+                      draw_class_map(rgb, pred, num_classes=num_classes)], dim=2)
+
+
 def save_overlay_panel(image: torch.Tensor, mask: torch.Tensor, pred: torch.Tensor, num_classes: int,
                        path: str | os.PathLike[str]) -> Path:
-    """image | ground truth overlay | prediction overlay, side by side, as one PNG (written atomically)."""
-    from PIL import Image
+    """:func:`overlay_panel` written as one PNG (atomically)."""
+    from ..visualize import save_png
 
-    from ..models.segmentation import draw_overlay
-
-    rgb = (image.float().clamp(0, 1) * 255).round().to(torch.uint8)
-    panels = [Image.fromarray(rgb.permute(1, 2, 0).numpy()), draw_overlay(rgb, mask, num_classes=num_classes),
-              draw_overlay(rgb, pred, num_classes=num_classes)]
-    w, h = panels[0].size
-    out = Image.new("RGB", (3 * w + 8, h), (255, 255, 255))
-    for k, panel in enumerate(panels):
-        out.paste(panel, (k * (w + 4), 0))
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    out.save(tmp)
-    os.replace(tmp, path)
-    return path
+    return save_png(overlay_panel(image, mask, pred, num_classes), path)
