@@ -110,3 +110,17 @@ def test_one_palette_across_the_package():
     assert seg.segmentation_palette is visualize.segmentation_palette and seg.draw_overlay is visualize.draw_overlay
     assert predict.PALETTE == palette(10)
     assert len(set(palette(64))) == 64
+
+
+def test_the_earlier_draw_detections_still_draws_with_a_warning():
+    from PIL import Image
+
+    from spinenet.predict import draw_detections as earlier
+
+    image = torch.full((3, 40, 40), 100, dtype=torch.uint8)
+    with pytest.warns(DeprecationWarning, match="spinenet.visualize.draw_detections"):
+        drawn = earlier(image, torch.tensor([[2.0, 2, 38, 38]]), torch.tensor([0.9]), ["a"])
+    assert isinstance(drawn, Image.Image) and drawn.size == (40, 40)
+    assert tuple(np.asarray(drawn)[38, 20]) == color(0)  # the first name takes the palette's first colour
+    with pytest.raises(ValueError, match="colors"), pytest.warns(DeprecationWarning):
+        earlier(image, torch.tensor([[2.0, 2, 38, 38]]), torch.tensor([0.9]), ["a"], colors={"a": (1, 2, 3)})

@@ -30,9 +30,9 @@ from torch import nn
 from ..backbone import SpineNet, init_weights
 from ..backbones import BACKBONE_OVERRIDES, Table, backbone_from_json, config_to_json, get_model_def
 from ..layers import ConvNormAct, get_activation, make_norm
-# the metrics and overlay drawing of segmenters live with every task's (mean_iou and draw_overlay stay importable)
-from ..metrics import IGNORE_INDEX, confusion_matrix, iou_from_confusion, mean_iou
-from ..visualize import draw_overlay, segmentation_palette
+# the metrics and overlay drawing of segmenters live with every task's; these names stay importable from here
+from ..metrics import IGNORE_INDEX, confusion_matrix, iou_from_confusion, mean_iou  # noqa: F401
+from ..visualize import draw_overlay, segmentation_palette  # noqa: F401
 from .base import LogitsExport, TaskModel, load_weights, set_classes, training_overrides
 from .classification import (CLASSIFIER_BACKBONE_DEFAULTS, InputNormalize, as_image_batch, backbone_config,
                              normalize_json)
