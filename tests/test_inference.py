@@ -64,3 +64,21 @@ def test_the_cli_holds_no_task_code():
                  "visualize", "metrics", "data", "data.images", "data.masks", "data.evaluation"}
     assert not imported & forbidden, imported & forbidden
     assert "tasks" in imported
+
+
+def test_options_of_another_task_are_refused(tmp_path):
+    from spinenet.models import create_classifier, create_segmenter
+    from spinenet.tasks import evaluate_checkpoint, predict_checkpoint
+
+    tiny = {"filter_size_scale": 0.125, "endpoints_num_filters": 16}
+    for name, build, task in (("classifier_spinenet49s", create_classifier, "classification"),
+                              ("segmenter_spinenet49s", create_segmenter, "segmentation")):
+        model = build(name, 2, **tiny)
+        path = tmp_path / f"{task}.pt"
+        torch.save({"task": task, "model_config": model.to_config(), "model": model.state_dict(),
+                    "classes": ["a", "b"]}, path)
+        with pytest.raises(ValueError, match="class mode of the built-in detection sets"):
+            evaluate_checkpoint(path, "unused", device="cpu", classes="dead_alive")
+    with pytest.raises(ValueError, match="--image-size applies to classification and detection"):
+        predict_checkpoint(path, ["unused.png"], out=str(tmp_path / "out"), device="cpu", image_size=64)
+    assert not (tmp_path / "out").exists()

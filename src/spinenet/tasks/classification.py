@@ -13,7 +13,8 @@ from torch.utils.data import Dataset
 
 from ..engine.config import Recipe
 from ..metrics import classification_metrics
-from .inference import EvalResult, PredictResult, TrainedModel, check_classes, evaluate_and_report, prepare_outputs
+from .inference import (EvalResult, PredictResult, TrainedModel, check_classes, evaluate_and_report,
+                        prepare_outputs, refuse_classes)
 
 
 def eval_crop(recipe: Recipe | None) -> float:
@@ -102,7 +103,6 @@ class ClassificationTask:
                                   title=f"{getattr(dataset, 'name', '')}: top-1 {metrics['top1']:.4f}")
         return metrics
 
-
     # ------------------------------------------------------------------------------------------- inference
     model_tasks = ("classification",)
 
@@ -114,8 +114,7 @@ class ClassificationTask:
         from ..data.classification import classification_dataset_from_path
         from ..layers.fuse import channels_last_for_bf16
 
-        if classes:
-            raise ValueError("--classes selects a class mode of the built-in detection sets")
+        refuse_classes(classes)
         recipe = trained.recipe
         model = trained.ready(channels_last_for_bf16(trained.model, trained.device, recipe.optim.precision))
         dataset = classification_dataset_from_path(data, trained.classes)

@@ -154,7 +154,6 @@ class DetectionTask:
             predictions = predict_dataset(model, dataset, device, batch_size)
         return evaluate_predictions(predictions, dataset)
 
-
     # ------------------------------------------------------------------------------------------- inference
     model_tasks = ("retinanet", "maskrcnn")
 

@@ -188,6 +188,12 @@ def prepare_outputs(images: Sequence[str | os.PathLike[str]], out: str | os.Path
     return stems
 
 
+def refuse_classes(classes: str | None) -> None:
+    """A class mode (``--classes dead_alive``) belongs to the built-in detection sets; other tasks refuse one."""
+    if classes:
+        raise ValueError("--classes selects a class mode of the built-in detection sets")
+
+
 def evaluate_and_report(trained: TrainedModel, task: Any, model: nn.Module, dataset: Any, data: str,
                         recipe: Recipe, out: str | None, written: str) -> EvalResult:
     """Run ``task.evaluate`` under the recipe's precision and, with ``out`` (a folder), write ``metrics.json``

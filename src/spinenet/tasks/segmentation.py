@@ -15,7 +15,8 @@ from torch.utils.data import Dataset
 
 from ..engine.config import Recipe
 from ..metrics import confusion_matrix, segmentation_metrics
-from .inference import EvalResult, PredictResult, TrainedModel, check_classes, evaluate_and_report, prepare_outputs
+from .inference import (EvalResult, PredictResult, TrainedModel, check_classes, evaluate_and_report,
+                        prepare_outputs, refuse_classes)
 
 
 def input_scale(recipe: Recipe | None) -> float:
@@ -140,7 +141,6 @@ class SegmentationTask:
         return evaluate_segmentation(model, dataset, device, scale, self.report_dir, window, overlap,
                                      input_percentiles(recipe))
 
-
     # ------------------------------------------------------------------------------------------- inference
     model_tasks = ("segmentation",)
 
@@ -152,8 +152,7 @@ class SegmentationTask:
         from ..data.segmentation import segmentation_dataset_from_path
         from ..layers.fuse import channels_last_for_bf16
 
-        if classes:
-            raise ValueError("--classes selects a class mode of the built-in detection sets")
+        refuse_classes(classes)
         recipe = trained.recipe
         model = trained.ready(channels_last_for_bf16(trained.model, trained.device, recipe.optim.precision))
         if image_size:
