@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from spinenet.visualize import (color, draw_class_map, draw_detections, drawing_scale, label_font, palette,
-                                save_png, segmentation_palette)
+from spinenet.visualize import (color, draw_class_map, draw_detections, drawing_scale, label_font, label_sizes,
+                                palette, save_png, segmentation_palette)
 
 GREY = 128
 
@@ -57,6 +57,17 @@ def test_labels_and_outlines_scale_with_the_image(small, large):
     assert 0.6 * ratio <= heights[1] / heights[0] <= 1.4 * ratio, heights
     assert 0.6 * ratio <= widths[1] / widths[0] <= 1.4 * ratio, widths
     assert outlines[1] > outlines[0]
+
+
+def test_small_boxes_get_smaller_labels_down_to_a_floor():
+    boxes = torch.tensor([[0.0, 0, 50, 10], [0, 0, 50, 40], [0, 0, 50, 300]])
+    assert label_sizes(boxes, 26) == [8, 14, 26]
+    side, h = 1024, 20  # dense small objects on a large image: their labels stay smaller than the image's
+    image = torch.full((3, side, side), GREY, dtype=torch.uint8)
+    drawn = draw_detections(image, torch.tensor([[100.0, 100, 200, 100 + h]]), [1], ["nucleus"], [0.5])
+    strip = (drawn.int() - torch.tensor(color(1)).view(3, 1, 1)).abs().le(2).all(0)  # outline and label strip
+    rows = strip.any(1).nonzero().flatten()
+    assert rows.min() >= 100 and rows.max() - 100 < drawing_scale(side, side)[0]  # stays inside a small label
 
 
 def test_masks_are_blended_where_the_mask_is():

@@ -19,9 +19,10 @@ import numpy as np
 import torch
 
 __all__ = ["MASK_ALPHA", "color", "draw_class_map", "draw_detections", "draw_overlay", "drawing_scale",
-           "label_font", "palette", "save_png", "segmentation_palette"]
+           "label_font", "label_sizes", "palette", "save_png", "segmentation_palette"]
 
 MASK_ALPHA = 0.45  # opacity of an instance mask's fill under its box
+MIN_FONT = 8  # px: the smallest label font (DejaVu Sans stays legible down to about this)
 GOLDEN = 0.618033988749895
 
 
@@ -60,7 +61,15 @@ def drawing_scale(height: int, width: int) -> tuple[int, int]:
     """``(font_size, line_width)`` in pixels for an image of this size: 1/40 and 1/320 of its long side (at least 8
     and 2), i.e. 10 px labels and 2 px outlines on a 400 px tile, 26 px and 3 px on 1024 px."""
     side = max(height, width)
-    return max(8, round(side / 40)), max(2, round(side / 320))
+    return max(MIN_FONT, round(side / 40)), max(2, round(side / 320))
+
+
+def label_sizes(boxes: torch.Tensor, font_size: int) -> list[int]:
+    """Per box the label's font size: ``font_size`` (the image's, :func:`drawing_scale`), smaller for a box less
+    than 3x that high (0.35 of its height, at least 8 px), so that dense small objects (nuclei) are not buried under
+    their labels."""
+    heights = (boxes[:, 3] - boxes[:, 1]).tolist()
+    return [min(font_size, max(MIN_FONT, round(0.35 * h))) for h in heights]
 
 
 def _text_color(background: tuple[int, int, int]) -> tuple[int, int, int]:
@@ -83,7 +92,8 @@ def draw_detections(image: torch.Tensor, boxes: torch.Tensor, class_ids: Sequenc
     ``image``: uint8 ``[3, H, W]``; ``boxes``: ``[K, 4]`` xyxy pixels; ``class_ids[k]`` picks box ``k``'s colour
     (:func:`color`) and ``names[k]`` its label, followed by ``scores[k]`` when given. ``masks`` (``[K, H, W]`` or
     ``[K, 1, H, W]``, 0/1 or probabilities thresholded at 0.5) are blended first with weight ``alpha``, instance
-    ``k`` in ``color(k)``. Labels sit on a filled strip in the box colour (:func:`drawing_scale`)."""
+    ``k`` in ``color(k)``. Labels sit on a filled strip in the box colour, sized by :func:`drawing_scale` and
+    :func:`label_sizes`."""
     from torchvision.utils import draw_bounding_boxes, draw_segmentation_masks
 
     _check_uint8_chw(image, "draw_detections")
@@ -105,9 +115,13 @@ def draw_detections(image: torch.Tensor, boxes: torch.Tensor, class_ids: Sequenc
     colors = [color(int(c)) for c in class_ids]
     labels = [str(n) for n in names] if scores is None else [f"{n} {float(s):.2f}" for n, s in zip(names, scores)]
     font = label_font()
-    return draw_bounding_boxes(image, boxes, labels, colors=colors, width=width, font=font,
-                               font_size=font_size if font else None, fill_labels=True,
-                               label_colors=[_text_color(c) for c in colors])
+    sizes = label_sizes(boxes, font_size) if font else [None] * len(boxes)
+    for size in sorted(set(sizes), key=lambda v: -(v or 0)):  # one torchvision call per font size, large first
+        k = [i for i, v in enumerate(sizes) if v == size]
+        image = draw_bounding_boxes(image, boxes[k], [labels[i] for i in k], colors=[colors[i] for i in k],
+                                    width=width, font=font, font_size=size, fill_labels=True,
+                                    label_colors=[_text_color(colors[i]) for i in k])
+    return image
 
 
 def _image_chw(image: Any) -> torch.Tensor:
