@@ -1,8 +1,10 @@
-"""Detection data: COCO / VOC datasets, the deepforest tree sets, augmentation, COCO evaluation, collate.
+"""Datasets, augmentation and evaluation helpers for the three tasks, and the catalog that names them.
 
-Every dataset yields ``(uint8 image [3, H, W], target dict)`` with contiguous labels ``1..C`` and exposes
+Detection datasets yield ``(uint8 image [3, H, W], target dict)`` with contiguous labels ``1..C`` and expose
 ``classes``, ``category_ids``, ``label_to_category``, ``category_to_label``, ``to_coco()`` and ``stats``
-(issue-4 contract; details in :mod:`spinenet.data.detection`).
+(details in :mod:`spinenet.data.detection`). Every named dataset (``trees:...``, ``nuclei:...``,
+``fashion-mnist:...``) and every file format is registered in :mod:`spinenet.data.catalog`; importing this
+package imports every dataset module, which is what fills the catalog.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ from typing import Any, Sequence
 
 import torch
 
+from . import classification, nuclei_instances, segmentation, trees  # noqa: F401  (they register in the catalog)
+from .catalog import list_datasets, open_dataset
 from .detection import (
     BACKGROUND,
     CocoDetection,
@@ -34,6 +38,8 @@ __all__ = [
     "decode_image",
     "eval_transforms",
     "evaluate_coco",
+    "list_datasets",
+    "open_dataset",
     "parse_voc_xml",
     "predictions_to_coco_results",
     "save_results_json",

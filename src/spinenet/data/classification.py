@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from .catalog import open_dataset, register_dataset, register_format
 from .detection import _DECODE_ERRORS
 from .images import decode_image
 
@@ -209,22 +210,34 @@ class FashionMNIST(Dataset):
         return self.images[index].expand(3, -1, -1), int(self.labels[index])
 
 
+@register_dataset("fashion-mnist", "classification", splits=tuple(_FASHION_FILES),
+                  syntax="fashion-mnist:train|test[:N]",
+                  source="Debian's dataset-fashion-mnist (/usr/share/datasets/fashion-mnist or $SPINENET_FASHION_MNIST)")
+def _open_fashion_mnist(rest: str, split: str | None, classes: Sequence[str] | None = None) -> FashionMNIST:
+    """``fashion-mnist:<split>[:N]``; the classes are fixed (callers compare them with ``classes``)."""
+    parts = rest.split(":")
+    text = f"fashion-mnist:{rest}"
+    if len(parts) not in (1, 2):
+        raise ValueError(f"{text!r}: expected fashion-mnist:train, fashion-mnist:test or fashion-mnist:train:N")
+    limit = None
+    if len(parts) == 2:
+        try:
+            limit = int(parts[1])
+        except ValueError:
+            raise ValueError(f"{text!r}: the subset size {parts[1]!r} is not an integer") from None
+    return FashionMNIST(parts[0], limit)
+
+
+@register_format("classification", "image-folder")
+def _open_image_folder(path: Path, split: str | None, classes: Sequence[str] | None = None) -> ImageFolder:
+    return ImageFolder(path, classes)
+
+
 def classification_dataset_from_path(spec: str | os.PathLike[str], classes: Sequence[str] | None = None) -> Dataset:
-    """A dataset from ``fashion-mnist:<train|test>[:N]`` or an image-folder path (module docstring). ``classes``
-    fixes an image folder's label order (and requires its folders); Fashion-MNIST's classes are fixed."""
-    text = str(spec)
-    if text.startswith("fashion-mnist:"):
-        parts = text.split(":")
-        if len(parts) not in (2, 3):
-            raise ValueError(f"{text!r}: expected fashion-mnist:train, fashion-mnist:test or fashion-mnist:train:N")
-        limit = None
-        if len(parts) == 3:
-            try:
-                limit = int(parts[2])
-            except ValueError:
-                raise ValueError(f"{text!r}: the subset size {parts[2]!r} is not an integer") from None
-        return FashionMNIST(parts[1], limit)  # fixed classes: callers compare them with ``classes``
-    return ImageFolder(text, classes)
+    """A dataset from ``fashion-mnist:<train|test>[:N]`` or an image-folder path (module docstring;
+    :func:`spinenet.data.catalog.open_dataset`). ``classes`` fixes an image folder's label order (and requires
+    its folders); Fashion-MNIST's classes are fixed."""
+    return open_dataset(spec, "classification", classes=classes)
 
 
 # ------------------------------------------------------------------------------------------------- augmentation

@@ -35,7 +35,6 @@ import copy
 import json
 import math
 import os
-import re
 import warnings
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
@@ -47,6 +46,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from .catalog import _slice_text, open_dataset, register_format
 from .images import decode_image
 
 __all__ = [
@@ -687,21 +687,29 @@ def _voc_record(
     return record, counts
 
 
-# ---- one entry point --------------------------------------------------------------------------------------
-_SLICE_SUFFIX = re.compile(r"(?P<path>.+)\[(?P<start>-?\d*):(?P<stop>-?\d*)\]")
+# ---- readers of the detection file formats (recognised by spinenet.data.catalog.recognise_format) ----------
+@register_format("detection", "coco")
+def _open_coco(path: Path, split: str | None, **kwargs: Any) -> CocoDetection:
+    return CocoDetection(path, **kwargs)
 
 
-def _slice_text(selection: slice) -> str:
-    return f"{'' if selection.start is None else selection.start}:{'' if selection.stop is None else selection.stop}"
+@register_format("detection", "coco-root")
+def _open_coco_root(path: Path, split: str | None, **kwargs: Any) -> CocoDetection:
+    kwargs.setdefault("image_root", path / str(split))
+    return CocoDetection(path / "annotations" / f"instances_{split}.json", **kwargs)
+
+
+@register_format("detection", "voc")
+def _open_voc(path: Path, split: str | None, **kwargs: Any) -> VOCDetection:
+    return VOCDetection(path, split=split, **kwargs)
 
 
 def dataset_from_path(path: str | os.PathLike[str], split: str | None = None, **kwargs: Any) -> DetectionDataset:
-    """Open a detection dataset from a path or a built-in name.
+    """Open a detection dataset from a path or a catalog name (:func:`spinenet.data.catalog.open_dataset`).
 
-    * ``"nuclei:<half>"`` -> :func:`spinenet.data.nuclei_instances.nuclei_instances` (stardist nuclei with
-      instance masks; ``left``, ``right``, ``top``, ``bottom``; ``tile_size=N`` cuts training tiles).
-    * ``"trees:<name>"`` -> :func:`spinenet.data.trees.trees_dataset` (``yell-train``, ``yell-val``, ``osbs``,
-      ``soap``; ``"trees:yell"`` with ``split="train"`` means ``yell-train``).
+    * ``"trees:<set>"`` (``yell-train``, ``yell-val``, ``osbs``, ``soap``; ``"trees:yell"`` with
+      ``split="train"`` means ``yell-train``) and ``"nuclei:<half>"`` (instance masks; ``left``, ``right``,
+      ``top``, ``bottom``; ``tile_size=N`` cuts training tiles): the named sets of the catalog.
     * a ``.json`` file -> :class:`CocoDetection` (``image_root`` default: ``images/`` beside it, else its folder).
     * a folder with ``Annotations/`` or containing ``.xml`` files -> :class:`VOCDetection` (``split`` selects
       ``ImageSets/Main/<split>.txt``).
@@ -712,42 +720,4 @@ def dataset_from_path(path: str | os.PathLike[str], split: str | None = None, **
     ``"trees:yell-val[:2]"`` for the first two tiles. Extra keyword arguments go to the dataset constructor
     (``transforms``, ``classes``, ``image_root``, ...).
     """
-    text = os.fspath(path)
-    sliced = _SLICE_SUFFIX.fullmatch(text)
-    if sliced:
-        selection = slice(*(int(v) if v else None for v in (sliced["start"], sliced["stop"])))
-        dataset = dataset_from_path(sliced["path"], split, **kwargs).subset(selection)
-        if not len(dataset):
-            raise ValueError(f"{text}: the slice [{_slice_text(selection)}] selects no images")
-        return dataset
-    if text.startswith("nuclei:"):
-        from .nuclei_instances import nuclei_instances
-
-        return nuclei_instances(text[len("nuclei:") :], **kwargs)
-    if text.startswith("trees:"):
-        from .trees import trees_dataset
-
-        name = text[len("trees:") :]
-        if split is not None and not name.endswith(f"-{split}"):
-            name = f"{name}-{split}"
-        return trees_dataset(name, **kwargs)
-    p = Path(text)
-    if p.suffix.lower() == ".json":
-        if not p.is_file():
-            raise FileNotFoundError(f"COCO annotation file {p} does not exist")
-        return CocoDetection(p, **kwargs)
-    if p.is_dir():
-        if (p / "Annotations").is_dir() or any(p.glob("*.xml")):
-            return VOCDetection(p, split=split, **kwargs)
-        if split is not None and (p / "annotations" / f"instances_{split}.json").is_file():
-            kwargs.setdefault("image_root", p / split)
-            return CocoDetection(p / "annotations" / f"instances_{split}.json", **kwargs)
-        raise ValueError(
-            f"{p}: not a recognised dataset folder. Expected a VOC root (Annotations/), a folder of VOC .xml files, "
-            "or a COCO root with annotations/instances_<split>.json (pass split=...)"
-        )
-    if not p.exists():
-        raise FileNotFoundError(
-            f"dataset path {p} does not exist (give a COCO .json, a VOC folder, or trees:<name>)"
-        )
-    raise ValueError(f"{p}: unsupported dataset file; give a COCO .json, a VOC folder, or trees:<name>")
+    return open_dataset(path, "detection", split=split, **kwargs)

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .catalog import register_dataset
 from .detection import BACKGROUND, DetectionDataset, ImageRecord, Transform
 from .nuclei import HALVES, nuclei_data_dir, nuclei_half
 
@@ -100,6 +101,12 @@ class NucleiInstances(DetectionDataset):
                 ann = next(anns)
                 ann["segmentation"], ann["area"] = rle, float(mask.sum())
         return coco
+
+
+@register_dataset("nuclei", "detection", splits=HALVES, syntax="nuclei:left|right|top|bottom",
+                  source="the stardist package's data/images/ folder (pip install --no-deps stardist==0.9.2)")
+def _open_nuclei(half: str, split: str | None, **kwargs: Any) -> NucleiInstances:
+    return nuclei_instances(half, **kwargs)
 
 
 def nuclei_instances(half: str, tile_size: int | None = None, transforms: Transform | None = None,

@@ -22,7 +22,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from .catalog import open_dataset, register_dataset
 from .images import read_image_float
+from .nuclei import HALVES, nuclei_half
 
 __all__ = ["NucleiSegmentation", "otsu_threshold", "percentile_normalize", "read_image_float",
            "segmentation_dataset_from_path", "segmentation_train_transform"]
@@ -34,8 +36,6 @@ class NucleiSegmentation(Dataset):
     classes = ["background", "nucleus"]
 
     def __init__(self, half: str) -> None:
-        from .nuclei import nuclei_half
-
         image, instances = nuclei_half(half)
         self.half = half
         self.name = f"nuclei:{half}"
@@ -52,12 +52,17 @@ class NucleiSegmentation(Dataset):
         return self.image.expand(3, -1, -1), self.mask
 
 
+@register_dataset("nuclei", "segmentation", splits=HALVES, syntax="nuclei:left|right|top|bottom",
+                  source="the stardist package's data/images/ folder (pip install --no-deps stardist==0.9.2)")
+def _open_nuclei(half: str, split: str | None, **kwargs: Any) -> NucleiSegmentation:
+    if kwargs:
+        raise ValueError(f"nuclei:{half}: unknown option(s) {sorted(kwargs)} for segmentation data")
+    return NucleiSegmentation(half)
+
+
 def segmentation_dataset_from_path(spec: str | os.PathLike[str]) -> Dataset:
-    """A dataset from a path spec (module docstring)."""
-    text = str(spec)
-    if text.startswith("nuclei:"):
-        return NucleiSegmentation(text.split(":", 1)[1])
-    raise ValueError(f"{text!r}: unsupported segmentation data; give nuclei:left|right|top|bottom")
+    """A dataset from a spec (module docstring; :func:`spinenet.data.catalog.open_dataset`)."""
+    return open_dataset(spec, "segmentation")
 
 
 # ------------------------------------------------------------------------------------------------ normalisation

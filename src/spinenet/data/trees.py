@@ -43,6 +43,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from .catalog import register_dataset
 from .detection import BACKGROUND, DetectionDataset, ImageRecord, Transform, clip_boxes, parse_voc_xml
 from .images import decode_rgb
 
@@ -273,6 +274,15 @@ def trees_dataset(
     if verbose:
         print(dataset.summary())
     return dataset
+
+
+@register_dataset("trees", "detection", splits=tuple(TREE_SETS), syntax="trees:yell-train|yell-val|osbs|soap",
+                  source="the deepforest package's data/ folder (pip install --no-deps deepforest==2.1.0)")
+def _open_trees(name: str, split: str | None, **kwargs: Any) -> TreeDataset:
+    """``trees:<name>``; ``trees:yell`` with ``split="val"`` is ``trees:yell-val``."""
+    if split is not None and not name.endswith(f"-{split}"):
+        name = f"{name}-{split}"
+    return trees_dataset(name, **kwargs)
 
 
 def trees_summary(
