@@ -30,15 +30,19 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.data import Dataset
+from torchvision import tv_tensors
+from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as F
 
 from .catalog import open_dataset, register_dataset, register_format
 from .detection import _DECODE_ERRORS
 from .images import decode_image
+from .transforms import RandomHorizontalFlip, resize_uint8
 
 __all__ = ["FASHION_MNIST_CLASSES", "FashionMNIST", "ImageFolder", "IMAGE_EXTENSIONS",
-           "classification_dataset_from_path", "center_crop_resize", "fashion_mnist_dir", "random_resized_crop"]
+           "RandomResizedCrop", "classification_dataset_from_path", "classification_train_transform",
+           "center_crop_resize", "fashion_mnist_dir", "random_resized_crop"]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
@@ -241,55 +245,67 @@ def classification_dataset_from_path(spec: str | os.PathLike[str], classes: Sequ
 
 
 # ------------------------------------------------------------------------------------------------- augmentation
-def _resize(image: torch.Tensor, size: int) -> torch.Tensor:
-    """uint8 [3, h, w] -> uint8 [3, size, size], bilinear (antialiased when shrinking)."""
-    if tuple(image.shape[-2:]) == (size, size):
-        return image
-    out = F.interpolate(image[None].float(), size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-    return out[0].round_().clamp_(0, 255).to(torch.uint8)
+class RandomResizedCrop(v2.RandomResizedCrop):
+    """The Inception crop of the official classification parser (spec 7.2) as a v2 transform drawing from
+    ``generator``: per attempt, an area fraction in ``scale`` and a log-uniform aspect ratio in ``ratio`` (three
+    draws), then the crop origin (one more draw) for the first of ``attempts`` boxes that fits; the centred square
+    of the short side when none fits. The crop is resized bilinearly to ``size x size`` (``uint8`` images through
+    float, :func:`~spinenet.data.transforms.resize_uint8`)."""
+
+    def __init__(self, size: int, scale: tuple[float, float] = (0.08, 1.0),
+                 ratio: tuple[float, float] = (3 / 4, 4 / 3), attempts: int = 10,
+                 generator: torch.Generator | None = None) -> None:
+        super().__init__(size, scale, ratio, antialias=True)
+        self.attempts, self.generator = attempts, generator
+
+    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        h, w = v2.query_size(flat_inputs)
+        area = h * w
+        log_lo, log_hi = math.log(self.ratio[0]), math.log(self.ratio[1])
+        for _ in range(self.attempts):
+            r = torch.rand(3, generator=self.generator).tolist()
+            target = area * (self.scale[0] + (self.scale[1] - self.scale[0]) * r[0])
+            aspect = math.exp(log_lo + (log_hi - log_lo) * r[1])
+            cw, ch = round(math.sqrt(target * aspect)), round(math.sqrt(target / aspect))
+            if 0 < cw <= w and 0 < ch <= h:
+                y = int(r[2] * (h - ch + 1))
+                x = int(float(torch.rand((), generator=self.generator)) * (w - cw + 1))
+                return {"top": y, "left": x, "height": ch, "width": cw}
+        side = max(1, min(h, w))
+        return {"top": (h - side) // 2, "left": (w - side) // 2, "height": side, "width": side}
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        inpt = F.crop(inpt, **params)
+        if isinstance(inpt, tv_tensors.Image) and inpt.dtype == torch.uint8:
+            return tv_tensors.wrap(resize_uint8(inpt.as_subclass(torch.Tensor), self.size), like=inpt)
+        return F.resize(inpt, self.size, antialias=True)
 
 
 def random_resized_crop(image: torch.Tensor, size: int, scale: tuple[float, float], generator: torch.Generator,
                         ratio: tuple[float, float] = (3 / 4, 4 / 3), attempts: int = 10) -> torch.Tensor:
-    """The Inception crop of the official classification parser (spec 7.2): draw an area fraction in ``scale`` and
-    a log-uniform aspect ratio in ``ratio``, take the first of ``attempts`` boxes that fits, else fall back to the
-    centre crop; then resize bilinearly to ``size x size``."""
-    h, w = image.shape[-2:]
-    area = h * w
-    for _ in range(attempts):
-        r = torch.rand(3, generator=generator).tolist()
-        target = area * (scale[0] + (scale[1] - scale[0]) * r[0])
-        aspect = math.exp(math.log(ratio[0]) + (math.log(ratio[1]) - math.log(ratio[0])) * r[1])
-        cw, ch = round(math.sqrt(target * aspect)), round(math.sqrt(target / aspect))
-        if 0 < cw <= w and 0 < ch <= h:
-            y = int(r[2] * (h - ch + 1))
-            x = int(float(torch.rand((), generator=generator)) * (w - cw + 1))
-            return _resize(image[:, y:y + ch, x:x + cw], size)
-    return center_crop_resize(image, size, 1.0)
+    """:class:`RandomResizedCrop` of one ``uint8 [3, H, W]`` image (plain tensors in and out)."""
+    crop = RandomResizedCrop(size, scale, ratio, attempts, generator)
+    return crop(tv_tensors.Image(image)).as_subclass(torch.Tensor)
 
 
 def center_crop_resize(image: torch.Tensor, size: int, fraction: float = 0.875) -> torch.Tensor:
-    """Evaluation crop (spec 7.2): the centred square of ``fraction`` x the short side, resized to ``size``.
-    ``image`` is ``[3, H, W]`` or a batch ``[N, 3, H, W]`` of equally sized images (one resize call)."""
+    """Evaluation crop (spec 7.2): the centred square of ``fraction`` x the short side (origin rounded down, where
+    ``F.center_crop`` rounds half to even), resized to ``size`` through float (:func:`resize_uint8`). ``image``
+    is ``[3, H, W]`` or a batch ``[N, 3, H, W]`` of equally sized images (one resize call)."""
     h, w = image.shape[-2:]
     side = max(1, round(min(h, w) * fraction))
-    y, x = (h - side) // 2, (w - side) // 2
-    crop = image[..., y:y + side, x:x + side]
-    if crop.dim() == 3:
-        return _resize(crop, size)
-    if side == size:
-        return crop
-    out = F.interpolate(crop.float(), size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-    return out.round_().clamp_(0, 255).to(torch.uint8)
+    crop = F.crop(image, (h - side) // 2, (w - side) // 2, side, side)
+    return crop if side == size else resize_uint8(crop, [size, size])
 
 
 def classification_train_transform(size: int, scale: tuple[float, float], hflip: float):
-    """``(image, label, generator) -> (image, label)``: random-resized crop to ``size`` and a horizontal flip."""
+    """``(image, label, generator) -> (image, label)``: :class:`RandomResizedCrop` to ``size``, then a horizontal
+    flip with probability ``hflip`` (drawn only when ``hflip > 0``), both drawing from ``generator``."""
 
     def transform(image: torch.Tensor, label: Any, generator: torch.Generator):
-        image = random_resized_crop(image, size, scale, generator)
-        if hflip and float(torch.rand((), generator=generator)) < hflip:
-            image = image.flip(-1)
-        return image, label
+        steps = [RandomResizedCrop(size, scale, generator=generator)]
+        if hflip:
+            steps.append(RandomHorizontalFlip(hflip, generator))
+        return v2.Compose(steps)(tv_tensors.Image(image)).as_subclass(torch.Tensor), label
 
     return transform

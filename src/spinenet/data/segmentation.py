@@ -21,13 +21,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
+from torchvision import tv_tensors
+from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as TF
 
 from .catalog import open_dataset, register_dataset
 from .images import read_image_float
 from .nuclei import HALVES, nuclei_half
+from .transforms import GeneratorTransform
 
-__all__ = ["NucleiSegmentation", "otsu_threshold", "percentile_normalize", "read_image_float",
-           "segmentation_dataset_from_path", "segmentation_train_transform"]
+__all__ = ["IntensityJitter", "NucleiSegmentation", "SegmentationCrop", "otsu_threshold", "percentile_normalize",
+           "read_image_float", "rescale", "segmentation_dataset_from_path", "segmentation_train_transform"]
 
 
 class NucleiSegmentation(Dataset):
@@ -83,18 +87,95 @@ def percentile_normalize(image: torch.Tensor, low: float, high: float) -> torch.
 
 
 # ------------------------------------------------------------------------------------------------- augmentation
-def rescale(image: torch.Tensor, mask: torch.Tensor | None, factor: float):
-    """Resize a float image (bilinear) and its mask (nearest) by ``factor``."""
+def _scaled_size(height: int, width: int, factor: float) -> list[int]:
+    return [max(1, round(height * factor)), max(1, round(width * factor))]
+
+
+def _rescale(inpt: Any, factor: float) -> Any:
+    """v2's resize by ``factor`` of an image (bilinear, antialiased when shrinking) or a ``tv_tensors.Mask``
+    (nearest with pixel-centre sampling, ``NEAREST_EXACT``, which lines the mask up with the bilinear image;
+    plain ``NEAREST`` is shifted)."""
     if factor == 1.0:
-        return image, mask
-    h, w = image.shape[-2:]
-    size = (max(1, round(h * factor)), max(1, round(w * factor)))
-    image = F.interpolate(image[None], size=size, mode="bilinear", align_corners=False,
-                          antialias=factor < 1)[0]
+        return inpt
+    size = _scaled_size(*inpt.shape[-2:], factor)
+    if isinstance(inpt, tv_tensors.Mask):
+        return TF.resize(inpt, size, interpolation=v2.InterpolationMode.NEAREST_EXACT)
+    return TF.resize(inpt, size, antialias=factor < 1)
+
+
+def rescale(image: torch.Tensor, mask: torch.Tensor | None, factor: float):
+    """Resize a float image (bilinear) and its mask (nearest, pixel centres) by ``factor``."""
+    image = _rescale(tv_tensors.Image(image), factor).as_subclass(torch.Tensor)
     if mask is not None:
-        # "nearest-exact" samples at pixel centres like the bilinear image resize ("nearest" is shifted)
-        mask = F.interpolate(mask[None, None].float(), size=size, mode="nearest-exact")[0, 0].long()
+        mask = _rescale(tv_tensors.Mask(mask), factor).as_subclass(torch.Tensor)
     return image, mask
+
+
+class SegmentationCrop(GeneratorTransform):
+    """Rescale by ``input_scale * s`` (``s`` uniform in ``scale``), pad to at least ``size`` (the image with 0, the
+    mask with ``ignore_index``), a random ``size x size`` crop, flips and optional quarter turns, applied alike to
+    a ``tv_tensors.Image`` and its ``tv_tensors.Mask`` with v2's kernels. The six parameters are drawn at once
+    from ``generator`` (scale, crop y, crop x, horizontal flip, vertical flip, quarter turns)."""
+
+    _transformed_types = (tv_tensors.Image, tv_tensors.Mask)
+
+    def __init__(self, size: int, scale: tuple[float, float], hflip: float, vflip: float = 0.0, rot90: bool = False,
+                 input_scale: float = 1.0, ignore_index: int = 255,
+                 generator: torch.Generator | None = None) -> None:
+        super().__init__(generator)
+        self.size, self.scale, self.hflip, self.vflip, self.rot90 = size, scale, hflip, vflip, rot90
+        self.input_scale, self.ignore_index = input_scale, ignore_index
+
+    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        r = torch.rand(6, generator=self.generator).tolist()
+        factor = self.input_scale * (self.scale[0] + (self.scale[1] - self.scale[0]) * r[0])
+        h, w = v2.query_size(flat_inputs)
+        if factor != 1.0:
+            h, w = _scaled_size(h, w, factor)
+        padding = [0, 0, max(self.size - w, 0), max(self.size - h, 0)]
+        h, w = h + padding[3], w + padding[2]
+        return {"factor": factor, "padding": padding, "top": int(r[1] * (h - self.size + 1)),
+                "left": int(r[2] * (w - self.size + 1)), "hflip": r[3] < self.hflip, "vflip": r[4] < self.vflip,
+                "turns": int(r[5] * 4) if self.rot90 else 0}
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        is_mask = isinstance(inpt, tv_tensors.Mask)
+        inpt = _rescale(inpt, params["factor"])
+        if any(params["padding"]):
+            inpt = TF.pad(inpt, params["padding"], fill=self.ignore_index if is_mask else 0)
+        inpt = TF.crop(inpt, params["top"], params["left"], self.size, self.size)
+        if params["hflip"]:
+            inpt = TF.horizontal_flip(inpt)
+        if params["vflip"]:
+            inpt = TF.vertical_flip(inpt)
+        if params["turns"]:  # v2's rotate resamples through a grid; a quarter turn is exact
+            inpt = tv_tensors.wrap(inpt.rot90(params["turns"], (-2, -1)), like=inpt)
+        return inpt
+
+
+class IntensityJitter(GeneratorTransform):
+    """``clip(image * g, 0, 1) ** y`` on a float image in [0, 1] (masks untouched): ``y`` log-uniform in
+    ``[1/gamma, gamma]``, ``g`` a gain field, log-uniform in ``[1/gain, gain]`` at each point of a
+    ``gain_grid x gain_grid`` grid spread over the image (its corners and evenly between), interpolated
+    bilinearly in log space (``gain_grid = 1``: one gain). ``1 + gain_grid**2`` uniform draws from ``generator``."""
+
+    _transformed_types = (tv_tensors.Image,)
+
+    def __init__(self, gain: float, gamma: float, gain_grid: int = 1,
+                 generator: torch.Generator | None = None) -> None:
+        super().__init__(generator)
+        self.gain, self.gamma, self.gain_grid = gain, gamma, gain_grid
+
+    def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
+        return {"u": 2 * torch.rand(1 + self.gain_grid ** 2, generator=self.generator) - 1}  # uniform in [-1, 1]
+
+    def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
+        u, grid = params["u"], self.gain_grid
+        log_gain = math.log(self.gain) * u[1:].reshape(1, 1, grid, grid)
+        if grid > 1:
+            log_gain = F.interpolate(log_gain, size=tuple(inpt.shape[-2:]), mode="bilinear", align_corners=True)
+        image = inpt.as_subclass(torch.Tensor)
+        return tv_tensors.wrap((image * log_gain[0].exp()).clamp(0.0, 1.0) ** (self.gamma ** float(u[0])), like=inpt)
 
 
 def segmentation_train_transform(size: int, scale: tuple[float, float], hflip: float, vflip: float = 0.0,
@@ -102,13 +183,11 @@ def segmentation_train_transform(size: int, scale: tuple[float, float], hflip: f
                                  percentiles: tuple[float, float] | None = None, gain: float = 1.0,
                                  gamma: float = 1.0, gain_grid: int = 1):
     """``(image, mask, generator) -> (image, mask)``: optional :func:`percentile_normalize` of the whole image
-    (``percentiles = (low, high)``), rescale by ``input_scale * s`` (``s`` uniform in ``scale``), a random
-    ``size x size`` crop (padded with ``ignore_index`` where the image is smaller), flips and optional quarter
-    turns; then, when ``gain > 1`` / ``gamma > 1``, an intensity change of the crop: ``clip(crop * g, 0, 1) ** y``
-    with ``y`` log-uniform in ``[1/gamma, gamma]`` and ``g`` a gain field: log-uniform in ``[1/gain, gain]`` at
-    each point of a ``gain_grid x gain_grid`` grid spread over the crop, interpolated bilinearly in log space
-    (``gain_grid = 1``: one gain for the whole crop). Brighter or dimmer staining, saturated objects, and with a
-    grid, objects much brighter than their neighbours (dividing cells)."""
+    (``percentiles = (low, high)``), then :class:`SegmentationCrop` (rescale, pad, ``size x size`` crop, flips,
+    quarter turns) and, when ``gain > 1`` / ``gamma > 1``, :class:`IntensityJitter` of the crop: brighter or dimmer
+    staining, saturated objects, and with a grid, objects much brighter than their neighbours (dividing cells).
+    Both steps draw from ``generator``; the intensity step only joins when enabled, so other recipes keep their
+    random stream."""
     if gain < 1.0 or gamma < 1.0:
         raise ValueError(f"intensity augmentation: gain and gamma are factors >= 1 (1 = off), got {gain}, {gamma}")
     if isinstance(gain_grid, bool) or not isinstance(gain_grid, int) or gain_grid < 1:
@@ -117,30 +196,11 @@ def segmentation_train_transform(size: int, scale: tuple[float, float], hflip: f
     def transform(image: torch.Tensor, mask: torch.Tensor, generator: torch.Generator):
         if percentiles is not None:
             image = percentile_normalize(image, *percentiles)
-        r = torch.rand(6, generator=generator).tolist()
-        image, mask = rescale(image, mask, input_scale * (scale[0] + (scale[1] - scale[0]) * r[0]))
-        h, w = image.shape[-2:]
-        if h < size or w < size:
-            ph, pw = max(size - h, 0), max(size - w, 0)
-            image = F.pad(image, (0, pw, 0, ph))
-            mask = F.pad(mask, (0, pw, 0, ph), value=ignore_index)
-            h, w = image.shape[-2:]
-        y, x = int(r[1] * (h - size + 1)), int(r[2] * (w - size + 1))
-        image, mask = image[:, y:y + size, x:x + size], mask[y:y + size, x:x + size]
-        if r[3] < hflip:
-            image, mask = image.flip(-1), mask.flip(-1)
-        if r[4] < vflip:
-            image, mask = image.flip(-2), mask.flip(-2)
-        if rot90:
-            k = int(r[5] * 4)
-            image, mask = image.rot90(k, (-2, -1)), mask.rot90(k, (-2, -1))
-        if gain > 1.0 or gamma > 1.0:  # drawn only when enabled, so other recipes keep their random stream
-            u = 2 * torch.rand(1 + gain_grid ** 2, generator=generator) - 1  # uniform in [-1, 1]
-            log_gain = math.log(gain) * u[1:].reshape(1, 1, gain_grid, gain_grid)
-            if gain_grid > 1:  # grid points at the crop's corners and evenly between them
-                log_gain = F.interpolate(log_gain, size=tuple(image.shape[-2:]), mode="bilinear", align_corners=True)
-            image = (image * log_gain[0].exp()).clamp(0.0, 1.0) ** (gamma ** float(u[0]))
-        return image.contiguous(), mask.contiguous()
+        steps = [SegmentationCrop(size, scale, hflip, vflip, rot90, input_scale, ignore_index, generator)]
+        if gain > 1.0 or gamma > 1.0:
+            steps.append(IntensityJitter(gain, gamma, gain_grid, generator))
+        image, mask = v2.Compose(steps)(tv_tensors.Image(image), tv_tensors.Mask(mask))
+        return image.as_subclass(torch.Tensor).contiguous(), mask.as_subclass(torch.Tensor).contiguous()
 
     return transform
 
