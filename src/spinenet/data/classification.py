@@ -302,10 +302,11 @@ def classification_train_transform(size: int, scale: tuple[float, float], hflip:
     """``(image, label, generator) -> (image, label)``: :class:`RandomResizedCrop` to ``size``, then a horizontal
     flip with probability ``hflip`` (drawn only when ``hflip > 0``), both drawing from ``generator``."""
 
+    steps = v2.Compose([RandomResizedCrop(size, scale)] + ([RandomHorizontalFlip(hflip)] if hflip else []))
+
     def transform(image: torch.Tensor, label: Any, generator: torch.Generator):
-        steps = [RandomResizedCrop(size, scale, generator=generator)]
-        if hflip:
-            steps.append(RandomHorizontalFlip(hflip, generator))
-        return v2.Compose(steps)(tv_tensors.Image(image)).as_subclass(torch.Tensor), label
+        for step in steps.transforms:  # built once; each sample brings its own generator
+            step.generator = generator
+        return steps(tv_tensors.Image(image)).as_subclass(torch.Tensor), label
 
     return transform
