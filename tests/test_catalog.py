@@ -69,7 +69,8 @@ def test_registration_is_once_per_family_and_task(monkeypatch):
 def test_a_name_of_another_task_is_refused_with_its_task():
     with pytest.raises(ValueError, match=r"fashion-mnist:\.\.\. is a classification dataset, not detection data"):
         dataset_from_path("fashion-mnist:train")
-    with pytest.raises(ValueError, match=r"trees:\.\.\. is a detection dataset, not segmentation data"):
+    with pytest.raises(ValueError, match=r"trees:\.\.\. is a detection dataset, not segmentation data; give "
+                                         r"nuclei:left\|right\|top\|bottom$"):
         segmentation_dataset_from_path("trees:osbs")
     with pytest.raises(ValueError, match=r"nuclei:\.\.\. is a detection and segmentation dataset"):
         classification_dataset_from_path("nuclei:left")

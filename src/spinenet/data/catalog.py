@@ -123,6 +123,15 @@ def _names(families: Sequence[str]) -> str:
     return ", ".join(f"{f}:..." for f in families) or "none"
 
 
+_PATH_FORMS = {"detection": "a COCO .json, a VOC folder", "classification": "an image folder ROOT/<class>/*.jpg"}
+
+
+def _forms(task: str) -> str:
+    """What ``task`` accepts, for error messages: its named datasets' syntax, then its file formats."""
+    forms = [e.syntax for e in _NAMED.values() if e.task == task]
+    return " or ".join(forms + ([_PATH_FORMS[task]] if task in _PATH_FORMS else [])) or "a named dataset"
+
+
 def recognise_format(path: str | os.PathLike[str], task: str, split: str | None = None) -> str:
     """The file format of ``path`` for ``task``, from the files alone (no dataset is built).
 
@@ -136,9 +145,7 @@ def recognise_format(path: str | os.PathLike[str], task: str, split: str | None 
     if task == "classification":
         return "image-folder"  # ImageFolder names what is missing when the folder is not one
     if task == "segmentation":
-        entries = [e for e in _NAMED.values() if e.task == "segmentation"]
-        given = " or ".join(e.syntax for e in entries) or "a named dataset"
-        raise ValueError(f"{os.fspath(path)!r}: unsupported segmentation data; give {given}")
+        raise ValueError(f"{os.fspath(path)!r}: unsupported segmentation data; give {_forms(task)}")
     if p.suffix.lower() == ".json":
         if not p.is_file():
             raise FileNotFoundError(f"COCO annotation file {p} does not exist")
@@ -180,7 +187,8 @@ def open_dataset(spec: str | os.PathLike[str], task: str, *, split: str | None =
         family = named["family"]
         if (family, task) not in _NAMED:
             tasks = sorted(t for f, t in _NAMED if f == family)
-            raise ValueError(f"{text}: {family}:... is a {' and '.join(tasks)} dataset, not {task} data")
+            raise ValueError(f"{text}: {family}:... is a {' and '.join(tasks)} dataset, not {task} data; give "
+                             f"{_forms(task)}")
         return _NAMED[(family, task)].build(named["rest"], split, **kwargs)
     fmt = recognise_format(text, task, split)
     build = _FORMATS.get((task, fmt))
