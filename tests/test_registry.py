@@ -91,6 +91,20 @@ def test_cli_list_filters_by_task(capsys):
     assert capsys.readouterr().out.split()[0] == "segmenter_spinenet49s"
 
 
+def test_cli_list_datasets_prints_the_catalog(capsys):
+    from spinenet.data.catalog import list_datasets
+
+    assert main(["list", "--datasets", "--task", "retinanet"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines] == list_datasets("detection")
+    assert all(line.split()[1] == "detection" for line in lines)
+    assert main(["list", "--datasets", "fashion-mnist:*"]) == 0
+    assert [line.split()[:2] for line in capsys.readouterr().out.splitlines()] == [
+        ["fashion-mnist:test", "classification"], ["fashion-mnist:train", "classification"]]
+    assert main(["list", "--datasets", "--task", "backbone"]) == 2
+    assert "--task backbone has no datasets" in capsys.readouterr().err
+
+
 # ---------------------------------------------------------------------------------------------------- export
 def test_export_of_a_maskrcnn_weights_file_exports_the_maskrcnn(tmp_path, capsys, one_thread):
     """A Mask R-CNN weights file exports boxes, scores, labels and masks (not a classifier built from it)."""

@@ -22,12 +22,34 @@ def parse_size(text: str) -> tuple[int, int]:
     return parts[0], parts[1]
 
 
+DATASET_TASKS = {"retinanet": "detection", "maskrcnn": "detection", "detection": "detection",
+                 "classification": "classification", "segmentation": "segmentation"}
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     from .registry import get_entry, list_models
 
+    if args.datasets:
+        return _list_datasets(args)
     for name in list_models(args.pattern, task=args.task):
         e = get_entry(name)
         print(f"{name:32s} {e.task:14s} {e.description} (input {e.default_size})")
+    return 0
+
+
+def _list_datasets(args: argparse.Namespace) -> int:
+    """The named datasets of the catalog (``--data`` specs), with their task and the files they read."""
+    from fnmatch import fnmatch
+
+    from .data.catalog import TASKS, get_dataset_entry, list_datasets
+
+    if args.task is not None and args.task not in DATASET_TASKS:
+        raise ValueError(f"--task {args.task} has no datasets; with --datasets use one of {', '.join(TASKS)}")
+    tasks = [DATASET_TASKS[args.task]] if args.task else list(TASKS)
+    for task in tasks:
+        for spec in list_datasets(task):
+            if args.pattern is None or fnmatch(spec, args.pattern):
+                print(f"{spec:24s} {task:14s} {get_dataset_entry(spec.split(':')[0], task).source}")
     return 0
 
 
@@ -266,11 +288,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="spinenet", description="SpineNet backbones in PyTorch.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("list", help="list registered models (name, task, description, input size)")
+    p = sub.add_parser("list", help="list registered models (name, task, description, input size) or --datasets")
     p.add_argument("pattern", nargs="?", help="shell-style filter, e.g. 'spinenet_mobile*'")
     p.add_argument("--task", choices=("backbone", "retinanet", "maskrcnn", "classification", "segmentation",
                                       "detection"),
                    help="only this task's models (detection: RetinaNet and Mask R-CNN)")
+    p.add_argument("--datasets", action="store_true",
+                   help="list the named datasets (--data specs such as trees:yell-train) instead of models")
     p.set_defaults(func=cmd_list)
 
     p = sub.add_parser("summary", help="parameters and multiply-adds per model")
