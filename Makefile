@@ -48,11 +48,15 @@ demo: setup
 	$(BIN)/spinenet draw spinenet49 -o $(OUT)/spinenet49.png
 	@echo "curves: $(DEMO)/curves.png  predictions: $(DEMO)/predictions/"
 
-# Architecture search on the CPU tree proxy (20 RL + 10 random trials, 2 workers), then the best and the median
-# random architecture re-trained with 3 seeds and evaluated on the held-out YELL block (docs/search.md).
+# The search-vs-random experiment at demo size (docs/experiments/search.md): random, RL and evolution searches of
+# 4 proxy trials each on 2 Ray workers, then the best architecture of each strategy, the median random one,
+# SpineNet-49S and R50-FPN trained with trees-cpu shortened to 200 steps (seed 0) and scored on the held-out YELL
+# block. About 30 minutes on 2 cores. Interrupted, `make search-demo` again continues where it stopped; remove
+# $(SEARCH_DEMO) to start over. Writes $(SEARCH_DEMO)/runs.csv and summary.png.
+SEARCH_DEMO := $(OUT)/search-demo
 search-demo: setup
-	rm -rf $(OUT)/search-demo
-	$(BIN)/python benchmarks/search_demo.py --out $(OUT)/search-demo
+	$(BIN)/spinenet experiment search-vs-random trials=4 workers=2 search_seeds=0 steps=200 warmup_steps=25 \
+	    eval_every=0 --seeds 0 --out $(SEARCH_DEMO) $$(test -f $(SEARCH_DEMO)/experiment.sqlite && echo --resume)
 
 test: setup
 	$(BIN)/python -m pytest

@@ -25,7 +25,8 @@ TINY_TREES = ["lr_factors=1", "mac_tolerance=0.05", "val_data=trees:osbs", "cros
               "warmup_steps=1", "checkpoint_every=1", "eval_every=0", "log_every=1", "model.filter_size_scale=0.1",
               "model.endpoints_num_filters=16", "model.head_width=16", "model.head_convs=1"]
 TINY_PROXY = ["proxy.steps=2", "proxy.batch_size=2", "proxy.image_size=64", "proxy.tile_size=400",
-              "proxy.warmup_steps=1", "proxy.model.head_width=8", "proxy.model.head_convs=1"]
+              "proxy.warmup_steps=1", "proxy.eval_image_size=64", "proxy.model.head_width=8",
+              "proxy.model.head_convs=1"]
 
 
 def _rows(folder):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from spinenet.data.trees import VAL_BLOCK, YELL_LARGE, trees_dataset
+from spinenet.engine.recipes import trees_cpu
 from spinenet.search.proxy import _TreeSplitTask, get_proxy, proxy_recipe
 from spinenet.search.runner import compute_aware_reward
 
@@ -23,6 +24,28 @@ def test_trees_proxy_never_sees_the_final_block():
     assert all(record.meta["source"] != YELL_LARGE for record in reward.records)  # the small YELL image
     final = trees_dataset("yell-val", tile_size=200)
     assert {r.file_name for r in final.records}.isdisjoint({r.file_name for r in train.records + reward.records})
+    data = proxy.recipe.data  # training tiles overlap; the reward is scored on larger tiles, as trees-cpu scores
+    assert {_side(r.window) for r in train.records} == {data.tile_size} and data.tile_overlap > 0
+    assert {_side(r.window) for r in reward.records} == {data.val_tile_size}
+    assert len(train) > len(trees_dataset("yell-train", tile_size=data.tile_size).records) - len(reward)
+
+
+def _side(window) -> int:
+    return max(window[2] - window[0], window[3] - window[1])
+
+
+def test_trees_proxy_is_trees_cpu_with_smaller_sizes():
+    """Same labelling, loss, optimiser, weight average, BN handling and crown scale as trees-cpu; only the sizes,
+    the schedule's length and learning rate, and the evaluation cadence differ."""
+    proxy = get_proxy("trees-cpu")
+    changed = {path for path, _, _ in proxy.recipe.diff(trees_cpu())}
+    assert changed == {"name", "data.image_size", "data.tile_size", "data.tile_overlap", "optim.lr",
+                       "schedule.steps", "schedule.checkpoint_every",
+                       "schedule.log_every", "eval.every"}
+    data, base = proxy.recipe.data, trees_cpu().data
+    crown_scale = (data.image_size / data.tile_size * data.scale_min, data.image_size / data.tile_size * data.scale_max)
+    assert crown_scale == pytest.approx((base.image_size / base.tile_size * base.scale_min,
+                                         base.image_size / base.tile_size * base.scale_max))
 
 
 def test_proxy_recipe_applies_the_paper_shrink(tmp_path):

@@ -5,11 +5,20 @@ box/class nets, 512 px, 5 epochs -- and uses its AP on 7,392 images held out of 
 :data:`PROXIES` holds that recipe (``coco``, for a GPU cluster; pass the two COCO files) and a CPU proxy on the
 tree-crown data (``trees-cpu``, the default):
 
-* the same model shrink as the paper (widths x 0.25, alpha 0.25, 64-channel heads), three head convs;
-* trained on 200 px tiles of the large YELL image's ``yell-train`` part, seen at 128 px (crowns at 0.64 of
-  their native size, the scale of an earlier 400 px -> 256 px ``trees-cpu`` recipe);
-* the reward is AP50 on the tiles of the *small* YELL image (a different site tile, also in ``yell-train``);
-  the ``yell-val`` block is never seen by the search and stays for the final comparison.
+* the model: the paper's shrink (SpineNet widths x 0.25, resample alpha 0.25, 64 endpoint channels,
+  64-channel heads; three head convs), so one trial fits in about 3 minutes of one core;
+* the recipe (:func:`trees_proxy_recipe`): ``trees-cpu`` -- ATSS anchor labelling, P3-P5, AdamW with weight decay
+  0.05, cosine schedule, BN momentum 0.1 and the BN freeze of the last 35% of the steps, the weight average
+  (EMA, 0.999 with its ramp), colour jitter and flips, crowns seen at 0.8-1.2 of their native size -- with smaller
+  windows (160 px tiles overlapping by 80 px, scaled 1.0-1.5 and cropped to 128 px: a quarter of the pixels of a
+  ``trees-cpu`` step at the same crown scale), 800 steps instead of 850, a learning rate of 0.003 instead of
+  0.001 (at 0.001 the small model had not started to find crowns after 400 steps), evaluation only at the end
+  and no checkpoints;
+* trained on the tiles of the large YELL image's ``yell-train`` part; the reward is AP50 on the *small* YELL
+  image (a different site tile, also in ``yell-train``) as 400 px tiles evaluated at 384 px, as ``trees-cpu``
+  evaluates; the ``yell-val`` block is never seen by the search and stays for the final comparison.
+
+Trial times and rewards measured on this recipe are in docs/experiments/search.md.
 
 An optional compute-aware reward multiplies AP by ``(MACs / target_macs) ** macs_weight`` (MnasNet's form;
 ``macs_weight`` < 0 penalises large models, 0 = off).
@@ -24,7 +33,8 @@ from typing import Any
 
 from torch.utils.data import Dataset
 
-from ..engine.config import DetectionData, DetectionModel, OptimConfig, Recipe, ScheduleConfig
+from ..engine.config import DetectionData, OptimConfig, Recipe, ScheduleConfig
+from ..engine.recipes import trees_cpu
 from ..specs import Architecture
 from ..tasks.detection import DetectionTask
 
@@ -53,19 +63,23 @@ class Proxy:
                 "head_convs": self.head_convs}
 
 
+def trees_proxy_recipe() -> Recipe:
+    """The CPU proxy's recipe: ``trees-cpu`` with the sizes of one <= 3 minute trial (module docstring)."""
+    return trees_cpu().replace(
+        name="search-proxy-trees",
+        # crowns at 0.8-1.2 of their native size, as trees-cpu, in 128 px windows
+        image_size=128, tile_size=160, tile_overlap=80,
+        # the x0.25 model learns too slowly at trees-cpu's 0.001 for a few hundred steps
+        lr=0.003, steps=800,
+        # the reward is the final evaluation; trial weights are not kept
+        eval_every=0, checkpoint_every=10**9, log_every=50)
+
+
 PROXIES: dict[str, Proxy] = {
     "trees-cpu": Proxy(
-        "trees-cpu",
-        Recipe("search-proxy-trees", "detection", model=DetectionModel(bn_momentum=0.1),
-               data=DetectionData(image_size=128, batch_size=8, scale_min=0.8, scale_max=1.25, tile_size=200),
-               optim=OptimConfig(lr=0.08, precision="fp32"),
-               schedule=ScheduleConfig(steps=300, warmup_steps=20, warmup_factor=0.1, decay="cosine",
-                                       checkpoint_every=10**9, log_every=50)),
-        head_convs=3,
-        metric="AP50",
-        description="CPU proxy: 300 steps of batch 8 at 128 px on 200 px yell-train tiles of the large YELL image; "
-                    "reward AP50 on the small YELL image's tiles",
-    ),
+        "trees-cpu", trees_proxy_recipe(), head_convs=3, metric="AP50",
+        description="CPU proxy: trees-cpu at 128 px for 800 steps on the large YELL image's tiles, SpineNet widths "
+                    "x0.25; reward AP50 on the small YELL image's 400 px tiles"),
     "coco": Proxy(
         "coco",
         # 5 epochs of the 110,895 images left after holding out 7,392 (batch 64: 1,733 steps per epoch)
@@ -88,18 +102,23 @@ def get_proxy(name: str) -> Proxy:
 
 
 class _TreeSplitTask(DetectionTask):
-    """``yell-train`` split by source image: the large YELL image trains, the small one scores."""
+    """``yell-train`` split by source image: the large YELL image trains (``tile_size`` tiles overlapping by
+    ``tile_overlap``), the small one scores (``val_tile_size`` tiles; ``None``: ``tile_size``)."""
 
     def build_datasets(self, recipe: Recipe) -> tuple[Dataset, Dataset | None]:
-        from ..data.trees import YELL_LARGE, TreeDataset, trees_dataset
+        from ..data.trees import SOURCES, YELL_LARGE, YELL_SMALL, TreeDataset, trees_dataset
 
-        tile = recipe.data.tile_size or 200
-        full = trees_dataset("yell-train", tile_size=tile)
-        parts: dict[bool, list] = {True: [], False: []}
-        for record in full.records:
-            parts[record.meta["source"] == YELL_LARGE].append(record)
-        train = TreeDataset(parts[True], full.classes, full.category_ids, name="trees:yell-train[large image]")
-        val = TreeDataset(parts[False], full.classes, full.category_ids, name="trees:yell-train[small image]")
+        data = recipe.data  # DetectionData
+        tile = data.tile_size or 200
+        whole = max(SOURCES[YELL_SMALL].size)  # val_tile_size=0: the small image as one sample
+        val_tile = tile if data.val_tile_size is None else (data.val_tile_size or whole)
+        tiled = trees_dataset("yell-train", tile_size=tile, overlap=data.tile_overlap)
+        train = TreeDataset([r for r in tiled.records if r.meta["source"] == YELL_LARGE], tiled.classes,
+                            tiled.category_ids, name="trees:yell-train[large image]")
+        if val_tile != tile or data.tile_overlap:
+            tiled = trees_dataset("yell-train", tile_size=val_tile)
+        val = TreeDataset([r for r in tiled.records if r.meta["source"] != YELL_LARGE], tiled.classes,
+                          tiled.category_ids, name="trees:yell-train[small image]")
         return train, val
 
 

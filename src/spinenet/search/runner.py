@@ -102,7 +102,7 @@ def _evaluate_trial(payload: dict[str, Any]) -> dict[str, Any]:
     trial = int(payload["trial"])
     if payload["reward"] == "synthetic":
         return _synthetic(arch, trial, payload, options)
-    from .proxy import get_proxy, train_proxy
+    from .proxy import get_proxy, proxy_recipe, train_proxy
 
     proxy = get_proxy(str(options.pop("proxy", "trees-cpu")))
     target = float(options.pop("target_macs", 0) or 0)
@@ -110,10 +110,10 @@ def _evaluate_trial(payload: dict[str, Any]) -> dict[str, Any]:
     device = str(options.pop("device", "cpu"))
     out = Path(payload["out"]) / "trials" / f"{trial:05d}"
     metrics = train_proxy(arch, proxy, out, int(payload["seed"]), options, device=device)
-    size = int(options.get("image_size", proxy.recipe.data.image_size))
-    macs, params = _backbone_cost(arch, size, filter_size_scale=proxy.filter_size_scale,
-                                  resample_alpha=proxy.resample_alpha,
-                                  endpoints_num_filters=proxy.endpoints_num_filters)
+    trained = proxy_recipe(proxy, "arch.json", int(payload["seed"]), options)  # its sizes, options included
+    macs, params = _backbone_cost(arch, trained.data.image_size, filter_size_scale=trained.model.filter_size_scale,
+                                  resample_alpha=trained.model.resample_alpha,
+                                  endpoints_num_filters=trained.model.endpoints_num_filters)
     reward = compute_aware_reward(float(metrics[proxy.metric]), macs, target, weight)
     return {"reward": reward, "metrics": metrics, "macs": macs, "params": params}
 
