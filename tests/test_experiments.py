@@ -168,6 +168,19 @@ def test_settings_and_overrides_are_split_and_checked():
         create_experiment("ablations", [0], ["budget=many"])
 
 
+def test_comparisons_plan_paired_runs_first():
+    """Every prefix of a comparison's plan pairs the models: the recipe's lr first, then seed by seed."""
+    exp = create_experiment("permuted-vs-decreased-trees", [0, 1, 2])
+    keys = [run.key for run in exp.plan({})]
+    assert keys[:6] == [f"{m}-s{s}-lr1" for s in range(3) for m in ("spinenet49s", "r50-fpn")]
+    assert sorted(keys) == sorted(f"{m}-s{s}-lr{k}" for m in ("spinenet49s", "r50-fpn") for s in range(3)
+                                  for k in range(3))
+    fm = create_experiment("permuted-vs-decreased-fmnist", [0, 1], ["lr_factors=1,3"])
+    assert [run.key for run in fm.plan({})] == ["spinenet49-s0-lr0", "r50-s0-lr0", "spinenet49-s1-lr0",
+                                                "r50-s1-lr0", "spinenet49-s0-lr1", "r50-s0-lr1",
+                                                "spinenet49-s1-lr1", "r50-s1-lr1"]
+
+
 # -------------------------------------------------------------------------------------------- tiny runs
 class _Killed(BaseException):
     """Stands for kill -9: nothing in the runner catches it."""

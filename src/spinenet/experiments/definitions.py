@@ -109,6 +109,19 @@ class _Base(Experiment):
                 for seed in (self.seeds if seeds is None else seeds)
                 for k, f in enumerate(self.settings.lr_factors)]
 
+    def comparison(self, *sweeps: list[Run]) -> list[Run]:
+        """The runs of equal-length sweeps (one per model) in an order whose every prefix is a usable comparison.
+
+        The recipe's own learning rate (factor closest to 1) comes first, then the other factors; within one
+        learning rate, seed by seed, every model of the comparison. A long experiment stopped early thus leaves
+        paired runs (same seed, same learning rate) rather than all runs of one model and none of the other.
+        """
+        factors = self.settings.lr_factors
+        first = min(range(len(factors)), key=lambda k: abs(factors[k] - 1.0))
+        lr_order = [first, *(k for k in range(len(factors)) if k != first)]
+        n_seeds = len(sweeps[0]) // len(factors)
+        return [sweep[seed * len(factors) + k] for k in lr_order for seed in range(n_seeds) for sweep in sweeps]
+
     def summary_table(self, records: dict[str, RunRecord]) -> dict[str, Any]:
         """Per model and lr: mean and sample sd over seeds of every metric, and the runs' cost."""
         groups: dict[str, dict[str, list[float]]] = {}
@@ -154,8 +167,8 @@ class PermutedVsDecreasedTrees(_Base):
 
     def plan(self, results: dict[str, Any]) -> list[Run]:
         s = self.settings
-        return (self.sweep("spinenet49s", None, False, s.data, s.val_data, self.extra_eval())
-                + self.sweep("r50-fpn", self.decreased(), True, s.data, s.val_data, self.extra_eval()))
+        return self.comparison(self.sweep("spinenet49s", None, False, s.data, s.val_data, self.extra_eval()),
+                               self.sweep("r50-fpn", self.decreased(), True, s.data, s.val_data, self.extra_eval()))
 
 
 @dataclass
@@ -181,7 +194,8 @@ class PermutedVsDecreasedFashion(_Base):
         val = "fashion-mnist:test" + (f":{s.test_limit}" if s.test_limit else "")
         lo, hi = self.levels
         decreased = scale_decreased_fpn(s.resnet_blocks, lo, max(hi, 5), name="r50-fpn")
-        return self.sweep("spinenet49", None, False, data, val, {}) + self.sweep("r50", decreased, True, data, val, {})
+        return self.comparison(self.sweep("spinenet49", None, False, data, val, {}),
+                               self.sweep("r50", decreased, True, data, val, {}))
 
 
 # ------------------------------------------------------------------------------------------------ ablations
