@@ -32,9 +32,9 @@ def _fit(tmp_path, data, overrides, classes=None, val=None):
 def test_memorises_two_tree_tiles(tmp_path):
     """A registered detector from scratch learns two real 400x400 tiles (84 trees, seen at 384 px, no augmentation).
 
-    Measured: AP50 1.00 (AP75 1.00) after these 120 steps, 0.97 after 100; the issue's bar is 0.9."""
+    Measured: AP50 0.98 (AP75 0.95) after these 100 steps, 1.00 after 120; the bar is 0.9."""
     trainer, metrics = _fit(tmp_path, "trees:yell-train[34:36]", [
-        "steps=120", "batch_size=2", "warmup_steps=10", "lr=0.04", "image_size=384", "checkpoint_every=1000",
+        "steps=100", "batch_size=2", "warmup_steps=10", "lr=0.04", "image_size=384", "checkpoint_every=1000",
         "scale_min=1.0", "scale_max=1.0", "hflip=0.0"])
     assert len(trainer.train_set) == 2 and trainer.train_set.stats["boxes"] == 84
     assert metrics["AP50"] >= 0.9, metrics

@@ -33,7 +33,7 @@ def test_multiply_adds_match_the_model_zoo(name, billions):
 
 
 def _convs(module: nn.Module) -> list[nn.Conv2d]:
-    return [m for m in module.modules() if type(m) is nn.Conv2d]
+    return [m for m in module.modules() if isinstance(m, nn.Conv2d)]
 
 
 def test_heads_follow_the_official_configs():

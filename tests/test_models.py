@@ -1,13 +1,16 @@
 """Every registered model, driven by ``spinenet.list_models()``: build, forward, backward, weights round trip,
-export wrapper (built and run); and one model of each (block family x task) exported to ONNX and to an exported
-program, compared with eager.
+export wrapper (built and run); every registered name exported (one trace per group of names whose builds differ
+only in numbers); and one model of each (block family x task) exported to ONNX and to an exported program,
+compared with eager.
 
 Models are built tiny (1/16 or 1/8 of the channels, 8-wide endpoints and heads) at small inputs so that the
 whole file stays within the CI budget; the architectures (block specs, repeats, levels) are the registered ones,
-except for the export traces (a five-block graph of the same family).
+except for the ONNX export traces (a five-block graph of the same family).
 """
 
 from __future__ import annotations
+
+import json
 
 import numpy as np
 import pytest
@@ -191,6 +194,39 @@ def test_representatives_cover_every_family_and_task():
     assert covered == wanted
 
 
+def prepared_for_export(name: str, **extra) -> tuple[torch.nn.Module, torch.nn.Module, torch.Tensor]:
+    """The tiny model of ``name`` in eval mode with perturbed tensors, its export wrapper at the task's side and a
+    batch of 3 images. A RetinaNet gets well separated class scores and a threshold in a wide gap between them
+    (:func:`unambiguous_threshold`), so that which rows are selected is unambiguous."""
+    entry = get_entry(name)
+    model, side = tiny(name, **EXPORT_SETTINGS.get(entry.task, {}), **extra)
+    perturb(model)
+    model.eval()
+    x = torch.rand(3, 3, side, side)
+    if model.task == "retinanet":
+        classifier = getattr(model.head.classifier, "pointwise", model.head.classifier)  # separable on mobile
+        with torch.no_grad():  # a distinct prior per (anchor, class) channel: well separated scores
+            classifier.weight.normal_(0.0, 0.3)
+            classifier.bias.normal_(-4.0, 1.0)
+        model.score_thresh = unambiguous_threshold(model, x)
+    return model, model.export_module((side, side)), x
+
+
+def assert_equal_eager(name: str, wrapper: torch.nn.Module, ref: list[torch.Tensor], out: list[np.ndarray]) -> None:
+    """Exported outputs against the eager ones: detections matched row by row (:func:`assert_same_detections`),
+    other tensors to 1e-4 per tensor (integers exactly)."""
+    assert len(ref) == len(out) == len(wrapper.output_names), name
+    if getattr(wrapper, "detections_per_img", 0):
+        assert int((ref[1] > 0).sum()) > 0  # the comparison covers real detections, not only padding
+        assert_same_detections(name, out, ref)
+        return
+    for key, r, o in zip(wrapper.output_names, ref, out):
+        if r.dtype == torch.int64:
+            assert np.array_equal(o, r.numpy()), f"{name} {key}"
+        else:
+            assert_parity(o, r.numpy(), f"{name} {key}")
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", REPRESENTATIVES)
 def test_onnx_and_exported_program_equal_eager(name, tmp_path):
@@ -199,44 +235,67 @@ def test_onnx_and_exported_program_equal_eager(name, tmp_path):
     model is built on a five-block graph of its family (:data:`SMALL_GRAPH`) to keep the traces short."""
     import onnxruntime as ort
 
-    entry = get_entry(name)
-    graph = SMALL_MOBILE_GRAPH if "mobile" in entry.backbone else SMALL_GRAPH
-    model, side = tiny(name, block_specs=graph, **EXPORT_SETTINGS.get(entry.task, {}))
-    perturb(model)
-    model.eval()
-    wrapper = model.export_module((side, side))
-    x = torch.rand(3, 3, side, side)
-    if model.task == "retinanet":
-        with torch.no_grad():  # a distinct prior per (anchor, class) channel: well separated scores
-            model.head.classifier.pointwise.weight.normal_(0.0, 0.3)
-            model.head.classifier.pointwise.bias.normal_(-4.0, 1.0)
-        model.score_thresh = unambiguous_threshold(model, x)
-        wrapper = model.export_module((side, side))
-    detections = getattr(wrapper, "detections_per_img", 0)
-    ref = eager_outputs(model, x, detections)
+    graph = SMALL_MOBILE_GRAPH if "mobile" in get_entry(name).backbone else SMALL_GRAPH
+    model, wrapper, x = prepared_for_export(name, block_specs=graph)
+    ref = eager_outputs(model, x, getattr(wrapper, "detections_per_img", 0))
     batch = torch.export.Dim("batch", min=1, max=4096)
     with torch.no_grad():
-        program = torch.export.export(wrapper, (torch.rand(2, 3, side, side),), dynamic_shapes=({0: batch},))
+        program = torch.export.export(wrapper, (torch.rand(2, *x.shape[1:]),), dynamic_shapes=({0: batch},))
         torch.export.save(program, str(tmp_path / "m.pt2"))
         program_out = torch.export.load(str(tmp_path / "m.pt2")).module()(x)
         torch.onnx.export(program, (x[:2],), str(tmp_path / "m.onnx"), dynamo=True, input_names=["images"],
                           output_names=list(wrapper.output_names), optimize=False, verbose=False)
     session = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
     assert [o.name for o in session.get_outputs()] == list(wrapper.output_names)
-    onnx_out = session.run(None, {"images": x.numpy()})
     program_out = [program_out] if torch.is_tensor(program_out) else list(program_out)
-    assert len(ref) == len(onnx_out) == len(program_out) == len(wrapper.output_names)
-    if detections:
-        assert int((ref[1] > 0).sum()) > 0  # the comparison covers real detections, not only padding
-        assert_same_detections(f"{name} onnx", onnx_out, ref)
-        assert_same_detections(f"{name} exported program", [t.numpy() for t in program_out], ref)
-        return
-    for key, r, o, p in zip(wrapper.output_names, ref, onnx_out, program_out):
-        if r.dtype == torch.int64:
-            assert np.array_equal(o, r.numpy()) and torch.equal(p, r), key
-        else:
-            assert_parity(o, r.numpy(), f"{name} onnx {key}")
-            assert_parity(p.numpy(), r.numpy(), f"{name} exported program {key}")
+    assert_equal_eager(f"{name} onnx", wrapper, ref, session.run(None, {"images": x.numpy()}))
+    assert_equal_eager(f"{name} exported program", wrapper, ref, [t.numpy() for t in program_out])
+
+
+def code_shape(value):
+    """A model configuration with every number replaced by ``"number"`` (names dropped): what is left (block types
+    and graph, activations, flavours, switches, which sections exist) decides which code a build and its export
+    run; block repeats, widths, resampling ratios and sizes only repeat or resize the same operations."""
+    if value is None or isinstance(value, (bool, str)):
+        return value
+    if isinstance(value, (int, float)):
+        return "number"
+    if isinstance(value, (list, tuple)):
+        return [code_shape(v) for v in value]
+    return {k: code_shape(v) for k, v in value.items() if k not in ("name", "class_names")}
+
+
+def export_groups(task: str) -> list[list[str]]:
+    """The registered names of ``task`` grouped by the :func:`code_shape` of their tiny build (built on the meta
+    device: no weights)."""
+    from spinenet.profile import on_meta
+
+    groups: dict[str, list[str]] = {}
+    for name in NAMES:
+        if get_entry(name).task == task:
+            shape = json.dumps(code_shape(on_meta(lambda: tiny(name)[0]).to_config()), sort_keys=True)
+            groups.setdefault(shape, []).append(name)
+    return list(groups.values())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("task", sorted({get_entry(n).task for n in NAMES}))
+def test_every_registered_name_exports(task):
+    """Every registered name exports (``torch.export``) on its registered graph at tiny widths, and the exported
+    program computes what the export wrapper computes eagerly, to 1e-4 per tensor: the first name of each group
+    whose tiny builds differ only in numbers (:func:`code_shape`: SpineNet-49S to -190, for example, differ in
+    block repeats and resampling ratio) is traced; the others run the same code. (That the wrapper returns the
+    eager model's own output is :func:`test_onnx_and_exported_program_equal_eager`'s part.)"""
+    groups = export_groups(task)
+    for names in groups:  # the grouping tells the block families apart
+        assert len({"mobile" in n for n in names}) == 1, names
+    for names in groups:
+        _, wrapper, x = prepared_for_export(names[0])
+        with torch.no_grad():
+            ref = wrapper(x)
+            out = torch.export.export(wrapper, (x,)).module()(x)
+        ref, out = ([ref], [out]) if torch.is_tensor(ref) else (list(ref), list(out))
+        assert_equal_eager(f"{names[0]} (for {names})", wrapper, ref, [t.numpy() for t in out])
 
 
 @pytest.mark.parametrize("name", ["retinanet_spinenet49", "maskrcnn_spinenet49"])

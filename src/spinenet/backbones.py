@@ -10,6 +10,7 @@ beside the task models under one name space.
 from __future__ import annotations
 
 import fnmatch
+import warnings
 from dataclasses import dataclass, replace
 from typing import Any, Mapping
 
@@ -44,11 +45,13 @@ class ModelDef:
 
 
 class Table:
-    """A named table of frozen definitions (one task's variants): register once, list, look up."""
+    """A named table of frozen definitions (one task's variants): register once, list, look up. ``legacy`` maps
+    names of an earlier release to today's (:meth:`current_name`)."""
 
     def __init__(self, kind: str) -> None:
         self.kind = kind
         self.rows: dict[str, Any] = {}
+        self.legacy: dict[str, str] = {}
 
     def register(self, defn: Any) -> Any:
         if defn.name in self.rows:
@@ -66,6 +69,15 @@ class Table:
             return self.rows[name]
         except KeyError:
             raise ValueError(f"unknown {self.kind} {name!r}; known: {', '.join(self.names())}") from None
+
+    def current_name(self, name: str) -> str:
+        """``name``, or today's name for a name of an earlier release (with a ``DeprecationWarning`` pointing at
+        the caller of the builder that asked)."""
+        if name in self.legacy and name not in self.rows:
+            warnings.warn(f"{self.kind} name {name!r} is deprecated; use {self.legacy[name]!r} (the registry's "
+                          "unique name); the old name is kept for one release", DeprecationWarning, stacklevel=3)
+            return self.legacy[name]
+        return name
 
 
 _BACKBONES: dict[str, ModelDef] = {}

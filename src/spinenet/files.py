@@ -3,7 +3,8 @@
 Python's ``json`` writes ``NaN`` and ``Infinity`` for non-finite floats, which JSON does not allow (``jq``,
 JavaScript and most parsers reject the file). A metric that cannot be computed (COCO AP on a set without
 ground truth, a loss that diverged) is written as ``null`` instead. Pure Python, at the bottom of the layering,
-so every writer of metrics (engine, tasks, CLI, search) uses it.
+so every writer of metrics (engine, tasks, CLI, search) uses it; :func:`write_atomic` also writes the weights files
+and checkpoints.
 """
 
 from __future__ import annotations
@@ -12,9 +13,9 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
-__all__ = ["json_safe", "write_json"]
+__all__ = ["json_safe", "write_atomic", "write_json"]
 
 
 def json_safe(value: Any) -> Any:
@@ -33,11 +34,18 @@ def json_safe(value: Any) -> Any:
 
 def write_json(path: str | os.PathLike[str], value: Any, indent: int | None = 2) -> Path:
     """Write ``json_safe(value)`` to ``path`` atomically (a temporary file beside it, then a rename)."""
-    path = Path(path)
     text = json.dumps(json_safe(value), indent=indent, allow_nan=False) + "\n"
+    return write_atomic(path, lambda tmp: tmp.write_text(text))
+
+
+def write_atomic(path: str | os.PathLike[str], write: Callable[[Path], object]) -> Path:
+    """Write ``path`` through ``write(temporary path)`` on a temporary file beside it, then rename that over
+    ``path``: a reader sees the old file or the complete new one, never a part. The temporary file is removed
+    when ``write`` fails."""
+    path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
-        tmp.write_text(text)
+        write(tmp)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from .backbones import BACKBONE_OVERRIDES, TRAINING_ONLY, backbone_overrides, tensor_settings
+from .files import write_atomic
 from .specs import as_architecture
 
 WEIGHTS_FORMAT = "spinenet-weights/1"
@@ -121,15 +122,12 @@ def save_weights(model: nn.Module, path: str | os.PathLike, provenance: Mapping[
     metadata = {"format": WEIGHTS_FORMAT, "task": model_task(model), "config": json.dumps(model.to_config()),
                 "provenance": json.dumps(dict(provenance or {}))}
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
+
+    def write(tmp: Path) -> None:
         save_file(state, str(tmp), metadata=metadata)
         os.chmod(tmp, 0o666 & ~_umask())  # safetensors creates its files 0600; give the mode open() would
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+
+    return write_atomic(path, write)
 
 
 def read_weights(path: str | os.PathLike) -> WeightsFile:

@@ -9,6 +9,7 @@ is ``ceil(in / stride)`` and the padding is split with the smaller half *before*
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from functools import partial
 from typing import Callable
 
@@ -122,15 +123,15 @@ def make_norm(eps: float, momentum: float) -> NormLayer:
     return partial(nn.BatchNorm2d, eps=eps, momentum=momentum)
 
 
-class ConvNormAct(nn.Module):
-    """conv -> BN -> optional activation (``act=None`` keeps the linear output)."""
+class ConvNormAct(nn.Sequential):
+    """conv -> BN -> optional activation (``act=None`` keeps the linear output), as the named children ``conv``,
+    ``bn``, ``act``. Being a ``Sequential``, its three modules can also be spliced into a flat ``Sequential``
+    (``layers.extend(ConvNormAct(...))``), where they keep that model's index-based state-dict keys."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, norm: NormLayer,
-                 act: str | None, stride: int = 1, groups: int = 1, same_padding: bool = False) -> None:
-        super().__init__()
-        self.conv = Conv2d(in_channels, out_channels, kernel_size, stride, groups, same_padding=same_padding)
-        self.bn = norm(out_channels)
-        self.act = get_activation(act) if act else nn.Identity()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act(self.bn(self.conv(x)))
+                 act: str | None, stride: int = 1, groups: int = 1, same_padding: bool = False,
+                 bias: bool = False) -> None:
+        super().__init__(OrderedDict([
+            ("conv", Conv2d(in_channels, out_channels, kernel_size, stride, groups, bias, same_padding=same_padding)),
+            ("bn", norm(out_channels)),
+            ("act", get_activation(act) if act else nn.Identity())]))

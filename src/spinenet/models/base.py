@@ -106,6 +106,19 @@ def set_classes(config: dict[str, Any], num_classes: int | None, class_names: Se
     return reinit
 
 
+class DenseForward(nn.Module):
+    """Backbone + a detector's dense head on one tensor, what :func:`spinenet.profile.count_macs` runs: no pre- or
+    post-processing, and no RoI heads (their work depends on the proposals). ``method`` names the head's call on
+    the list of level features (``forward`` for torchvision's RPN head, ``forward_levels`` for RetinaNet's)."""
+
+    def __init__(self, backbone: nn.Module, head: nn.Module, method: str = "forward") -> None:
+        super().__init__()
+        self.backbone, self.head, self.method = backbone, head, method
+
+    def forward(self, x: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        return getattr(self.head, self.method)(list(self.backbone(x).values()))
+
+
 class LogitsExport(nn.Module):
     """A classifier or segmenter on a fixed-size ``[N, 3, H, W]`` RGB batch in [0, 1], returning its logits
     (``[N, num_classes]``, or ``[N, num_classes, H, W]`` at the input size)."""

@@ -27,7 +27,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
-import warnings
 
 import torch
 import torch.nn.functional as F
@@ -60,7 +59,7 @@ class ClassifierDef:
 
 _CLASSIFIERS = Table("classifier")
 # Names of the classifiers in the 0.1.0 release (the backbone's name); create_classifier still takes them.
-LEGACY_NAMES: dict[str, str] = {}
+LEGACY_NAMES: dict[str, str] = _CLASSIFIERS.legacy
 
 
 
@@ -83,13 +82,9 @@ def list_classifiers(pattern: str | None = None) -> list[str]:
     return _CLASSIFIERS.names(pattern)
 
 
-def classifier_name(name: str) -> str:
-    """``name``, or today's name for a classifier name of the 0.1.0 release (with a ``DeprecationWarning``)."""
-    if name in LEGACY_NAMES and name not in _CLASSIFIERS.rows:
-        warnings.warn(f"classifier name {name!r} is deprecated; use {LEGACY_NAMES[name]!r} (the registry's unique "
-                      "name); the old name is kept for one release", DeprecationWarning, stacklevel=3)
-        return LEGACY_NAMES[name]
-    return name
+# ``classifier_name(name)``: ``name``, or today's name for a classifier name of the 0.1.0 release (with a
+# ``DeprecationWarning``)
+classifier_name = _CLASSIFIERS.current_name
 
 
 def get_classifier_def(name: str) -> ClassifierDef:

@@ -42,7 +42,7 @@ from ..backbone import SpineNet, check_input
 from ..backbones import BACKBONE_OVERRIDES, Table, backbone_from_json, config_to_json, get_model_def, resolve_config
 from .anchors import MultilevelAnchors
 from .atss import DEFAULT_TOPK, anchor_levels, atss_match
-from .base import TaskModel, load_weights, training_overrides
+from .base import DenseForward, TaskModel, load_weights, training_overrides
 from .box_coder import BoxCoder
 from .retinanet_head import RetinaNetHead
 from .retinanet_loss import retinanet_loss
@@ -167,15 +167,18 @@ def select_detections(boxes: torch.Tensor, scores: torch.Tensor, score_thresh: f
     return cand_boxes[keep], cand[keep], cls_idx[keep] + label_offset
 
 
-class _DenseForward(nn.Module):
-    """Backbone + head on a tensor (what ``count_macs`` runs): the detector's dense compute, no pre/post."""
-
-    def __init__(self, backbone: nn.Module, head: RetinaNetHead) -> None:
-        super().__init__()
-        self.backbone, self.head = backbone, head
-
-    def forward(self, x: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        return self.head.forward_levels(list(self.backbone(x).values()))
+def resize_and_reclass(config: dict[str, Any], image_size: int | None, num_classes: int | None,
+                       reinit_prefixes: tuple[str, ...]) -> tuple[str, ...]:
+    """Apply another input size and/or class count to a saved detector configuration (the class names go with
+    the old count); returns the parameter prefixes to re-initialise (``reinit_prefixes`` when the count
+    changes, else none)."""
+    if image_size is not None:
+        config["image_size"] = image_size
+    if num_classes is None or num_classes == config["num_classes"]:
+        return ()
+    config["num_classes"] = num_classes
+    config.pop("class_names", None)
+    return reinit_prefixes
 
 
 class _Transform(GeneralizedRCNNTransform):
@@ -270,7 +273,7 @@ class SpineNetRetinaNet(TaskModel, RetinaNet):
 
     def macs_module(self) -> nn.Module:
         """A module running backbone + head on one tensor, for :func:`spinenet.profile.count_macs`."""
-        return _DenseForward(self.backbone, self.head)
+        return DenseForward(self.backbone, self.head, "forward_levels")
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> SpineNetRetinaNet:
@@ -297,14 +300,7 @@ class SpineNetRetinaNet(TaskModel, RetinaNet):
             raise ValueError(f"unknown setting(s) {sorted(unknown)} for a RetinaNet; known: "
                              f"{sorted(DETECTOR_OVERRIDES)} and the backbone's")
         training_overrides(config, overrides, "head")
-        if image_size is not None:
-            config["image_size"] = image_size
-        reinit: tuple[str, ...] = ()
-        if num_classes is not None and num_classes != config["num_classes"]:
-            config["num_classes"] = num_classes
-            config.pop("class_names", None)
-            reinit = cls.reinit_on_num_classes
-        return config, reinit
+        return config, resize_and_reclass(config, image_size, num_classes, cls.reinit_on_num_classes)
 
     def export_module(self, size: tuple[int, int], *, pre_nms_top_k: int = 1000, **options: Any) -> nn.Module:
         """Boxes, scores and labels for ``detections_per_img`` detections at a fixed size (:class:`DetectorExport`).

@@ -57,11 +57,11 @@ from torchvision.ops import MultiScaleRoIAlign, nms, roi_align
 from ..backbone import check_input
 from ..backbones import BACKBONE_OVERRIDES, backbone_from_json, config_to_json, get_model_def
 from ..layers.fuse import fold_batchnorm
-from ..layers.ops import get_activation
+from ..layers.ops import ConvNormAct, get_activation, make_norm
 from .anchors import MultilevelAnchors
-from .base import TaskModel, load_weights, training_overrides
+from .base import DenseForward, TaskModel, load_weights, training_overrides
 from .detection import ASPECT_RATIOS, _positive_int, _Transform, detector_backbone_config, register_detector, \
-    register_detector_family
+    register_detector_family, resize_and_reclass
 from .tf1_boxes import check_box_decoding, use_tf1_decoding
 
 MASKRCNN_FORMAT = "spinenet-maskrcnn/1"
@@ -164,10 +164,12 @@ class RPNHead(nn.Module):
 
 
 def _conv_bn_act(in_channels: int, out_channels: int, activation: str, eps: float, momentum: float) -> list[nn.Module]:
-    conv = nn.Conv2d(in_channels, out_channels, 3, padding=1)
-    nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")  # official MSRA fill
-    nn.init.zeros_(conv.bias)
-    return [conv, nn.BatchNorm2d(out_channels, eps=eps, momentum=momentum), get_activation(activation)]
+    """3x3 conv (with bias, official MSRA fill) -> BN -> act as three modules of the head's flat ``Sequential``
+    (state-dict keys ``<index>.weight``, as torchvision's heads and the released weights files have them)."""
+    block = ConvNormAct(in_channels, out_channels, 3, make_norm(eps, momentum), activation, bias=True)
+    nn.init.kaiming_normal_(block.conv.weight, mode="fan_out", nonlinearity="relu")
+    nn.init.zeros_(block.conv.bias)
+    return list(block)
 
 
 class BoxHead(nn.Sequential):
@@ -220,17 +222,6 @@ class MaskPredictor(nn.Sequential):
         super().__init__(OrderedDict([("conv5_mask", up),
                                       ("bn", nn.BatchNorm2d(num_filters, eps=bn_eps, momentum=bn_momentum)),
                                       ("act", get_activation(activation)), ("mask_fcn_logits", logits)]))
-
-
-class _DenseForward(nn.Module):
-    """Backbone + RPN head on a tensor (what ``count_macs`` runs); RoI heads depend on the proposals."""
-
-    def __init__(self, backbone: nn.Module, rpn_head: RPNHead) -> None:
-        super().__init__()
-        self.backbone, self.rpn_head = backbone, rpn_head
-
-    def forward(self, x: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        return self.rpn_head(list(self.backbone(x).values()))
 
 
 class SpineNetMaskRCNN(TaskModel, MaskRCNN):
@@ -288,7 +279,7 @@ class SpineNetMaskRCNN(TaskModel, MaskRCNN):
 
     def macs_module(self) -> nn.Module:
         """Backbone + RPN head on one tensor, for :func:`spinenet.profile.count_macs`."""
-        return _DenseForward(self.backbone, self.rpn.head)
+        return DenseForward(self.backbone, self.rpn.head)
 
     def total_macs(self, size: int | tuple[int, int] | None = None) -> int:
         """Multiply-adds with the RoI heads at the official 1000 proposals / 100 masks (:func:`maskrcnn_macs`)."""
@@ -319,14 +310,7 @@ class SpineNetMaskRCNN(TaskModel, MaskRCNN):
                              f"{sorted(MASKRCNN_OVERRIDES)} and the backbone's")
         config["settings"].update({k: v for k, v in overrides.items() if k in MASKRCNN_DEFAULTS})
         training_overrides(config, overrides, "heads")
-        if image_size is not None:
-            config["image_size"] = image_size
-        reinit: tuple[str, ...] = ()
-        if num_classes is not None and num_classes != config["num_classes"]:
-            config["num_classes"] = num_classes
-            config.pop("class_names", None)
-            reinit = cls.reinit_on_num_classes
-        return config, reinit
+        return config, resize_and_reclass(config, image_size, num_classes, cls.reinit_on_num_classes)
 
     def export_module(self, size: tuple[int, int], **options: Any) -> nn.Module:
         """Boxes, scores, labels and masks for ``box_detections_per_img`` detections at a fixed size

@@ -19,7 +19,6 @@ stochastic depth defaults to 0.
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
@@ -59,7 +58,7 @@ class SegmenterDef:
 
 _SEGMENTERS = Table("segmenter")
 # Names of the segmenters in the 0.1.0 release (the backbone's name); create_segmenter still takes them.
-LEGACY_NAMES: dict[str, str] = {}
+LEGACY_NAMES: dict[str, str] = _SEGMENTERS.legacy
 
 
 
@@ -80,13 +79,9 @@ def list_segmenters(pattern: str | None = None) -> list[str]:
     return _SEGMENTERS.names(pattern)
 
 
-def segmenter_name(name: str) -> str:
-    """``name``, or today's name for a segmenter name of the 0.1.0 release (with a ``DeprecationWarning``)."""
-    if name in LEGACY_NAMES and name not in _SEGMENTERS.rows:
-        warnings.warn(f"segmenter name {name!r} is deprecated; use {LEGACY_NAMES[name]!r} (the registry's unique "
-                      "name); the old name is kept for one release", DeprecationWarning, stacklevel=3)
-        return LEGACY_NAMES[name]
-    return name
+# ``segmenter_name(name)``: ``name``, or today's name for a segmenter name of the 0.1.0 release (with a
+# ``DeprecationWarning``)
+segmenter_name = _SEGMENTERS.current_name
 
 
 def get_segmenter_def(name: str) -> SegmenterDef:
