@@ -43,9 +43,10 @@ def assert_parity(out: np.ndarray, ref: np.ndarray, name: str, tol: float = 1e-4
     return err / scale
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def one_thread():
-    """Tiny convolutions run far faster on one thread when the 2 cores are shared (no OpenMP barrier waits)."""
+    """Tiny convolutions run far faster on one thread when the 2 cores are shared (no OpenMP barrier waits); the
+    test that asks for it runs on one thread, the others on torch's default."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
