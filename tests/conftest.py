@@ -43,10 +43,22 @@ def assert_parity(out: np.ndarray, ref: np.ndarray, name: str, tol: float = 1e-4
     return err / scale
 
 
+DEFAULT_THREADS = torch.get_num_threads()
+
+
 @pytest.fixture
+def all_threads():
+    """Torch's default thread count for one test, inside a module that runs on one thread: the larger training
+    runs use both cores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(DEFAULT_THREADS)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
 def one_thread():
-    """Tiny convolutions run far faster on one thread when the 2 cores are shared (no OpenMP barrier waits); the
-    test that asks for it runs on one thread, the others on torch's default."""
+    """Tiny convolutions run far faster on one thread when the 2 cores are shared (no OpenMP barrier waits)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

@@ -168,7 +168,7 @@ def test_eval_hflip_averages_an_image_and_its_mirror():
 
 # ---------------------------------------------------------------------------------------------- real training
 @pytest.mark.slow
-def test_fashion_mnist_subset_reaches_75_percent(tmp_path, fashion):
+def test_fashion_mnist_subset_reaches_75_percent(tmp_path, fashion, all_threads):
     """SpineNet-49S at 32 px from scratch on the first 5,000 training images, a fixed budget of 300 steps of 32
     images (1.9 epochs, fp32, no crop jitter or label smoothing, residual branches zero-initialised and linear LR
     decay, as the recipe); evaluated on the first 2,000 test images. Measured: 80.75% / 81.55% (seeds 0 / 1; 400

@@ -81,7 +81,7 @@ def test_negative_batches_refused(tmp_path):
 
 
 @pytest.mark.slow
-def test_short_run_on_two_tree_tiles_fits_them(tmp_path):
+def test_short_run_on_two_tree_tiles_fits_them(tmp_path, all_threads):
     """A short run with the official BatchNorm momentum (the smoke recipe, no BN override) on two packaged tree
     tiles, evaluated on the same tiles: with the running averages of its last step (``last.pt``) the detector
     finds almost none of the trees, with the statistics precise BN recomputes (the run's final evaluation) it

@@ -211,7 +211,7 @@ def test_recipe_normalisation_reaches_training_and_evaluation(one_thread):
 
 
 @pytest.mark.slow
-def test_short_run_beats_the_otsu_baseline(tmp_path):
+def test_short_run_beats_the_otsu_baseline(tmp_path, all_threads):
     """SpineNet-49S segmenter from scratch with the ``nuclei-cpu`` recipe (percentile normalisation, gain-grid
     augmentation, stride-4 head) cut to 200 steps of 4 random 96 px crops of the left half; evaluated on the whole
     right half in 96 px windows (the default ``eval_window`` = training crop) against Otsu's threshold of the same
