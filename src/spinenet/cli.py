@@ -22,8 +22,10 @@ def parse_size(text: str) -> tuple[int, int]:
     return parts[0], parts[1]
 
 
-DATASET_TASKS = {"retinanet": "detection", "maskrcnn": "detection", "detection": "detection",
-                 "classification": "classification", "segmentation": "segmentation"}
+# the registry's task names and the engine task that trains, evaluates and reads data for them (detection covers
+# both detectors): `train --task`, `list --datasets --task`
+TRAIN_TASKS = {"retinanet": "detection", "maskrcnn": "detection", "detection": "detection",
+               "classification": "classification", "segmentation": "segmentation"}
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -43,9 +45,9 @@ def _list_datasets(args: argparse.Namespace) -> int:
 
     from .data.catalog import TASKS, get_dataset_entry, list_datasets
 
-    if args.task is not None and args.task not in DATASET_TASKS:
+    if args.task is not None and args.task not in TRAIN_TASKS:
         raise ValueError(f"--task {args.task} has no datasets; with --datasets use one of {', '.join(TASKS)}")
-    tasks = [DATASET_TASKS[args.task]] if args.task else list(TASKS)
+    tasks = [TRAIN_TASKS[args.task]] if args.task else list(TASKS)
     for task in tasks:
         for spec in list_datasets(task):
             if args.pattern is None or fnmatch(spec, args.pattern):
@@ -143,9 +145,6 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 DEFAULT_RECIPES = {"detection": "trees-cpu", "classification": "fashion-mnist-cpu", "segmentation": "nuclei-cpu"}
-# `train --task`: the registry's task names, and the training task that runs them (detection covers both detectors)
-TRAIN_TASKS = {"retinanet": "detection", "maskrcnn": "detection", "detection": "detection",
-               "classification": "classification", "segmentation": "segmentation"}
 
 
 def _model_task(name: str) -> str:
