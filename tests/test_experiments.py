@@ -271,6 +271,14 @@ def test_proxy_rank_tiny(tmp_path, one_thread):
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["n"] == 2 and {p["arch"] for p in summary["pairs"]} == {"spinenet49-random-0", "spinenet49"}
     assert "tau_proxy_vs_full" in summary and "tau_seed_vs_seed" in summary
+    assert summary["n_seed0"] == 2 and "tau_proxy_vs_seed0" in summary
+
+
+def test_proxy_rank_plans_proxies_then_seed_by_seed():
+    exp = create_experiment("proxy-rank", [0, 1], ["random_archs=2", "fixed_archs=spinenet49"])
+    keys = [r.key for r in exp.plan({})]
+    archs = ["spinenet49-random-0", "spinenet49-random-1", "spinenet49"]
+    assert keys == ([f"proxy-{a}" for a in archs] + [f"{a}-s0-lr0" for a in archs] + [f"{a}-s1-lr0" for a in archs])
 
 
 def test_search_vs_random_tiny(tmp_path, one_thread):

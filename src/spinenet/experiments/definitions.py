@@ -275,12 +275,15 @@ class ProxyRank(PermutedVsDecreasedTrees):
         return archs + [fixed[name]() for name in s.fixed_archs]
 
     def plan(self, results: dict[str, Any]) -> list[Run]:
+        """Every proxy trial first (minutes each), then the full recipe seed by seed over all architectures, so
+        that a stopped experiment already ranks every architecture on its first seed."""
         s = self.settings
-        runs = []
-        for arch in self.architectures():
-            runs.append(Run(f"proxy-{arch.name}", "proxy", {"model": arch.name, "arch": arch.name, "seed": 0},
-                            {"arch": arch.to_dict(), "seed": 0, "options": dict(s.proxy)}))
-            runs += self.sweep(arch.name, arch, False, s.data, s.val_data, {})
+        archs = self.architectures()
+        runs = [Run(f"proxy-{arch.name}", "proxy", {"model": arch.name, "arch": arch.name, "seed": 0},
+                    {"arch": arch.to_dict(), "seed": 0, "options": dict(s.proxy)}) for arch in archs]
+        for seed in self.seeds:
+            for arch in archs:
+                runs += self.sweep(arch.name, arch, False, s.data, s.val_data, {}, seeds=[seed])
         return runs
 
     def pairs(self, records: dict[str, RunRecord]) -> list[dict[str, Any]]:
@@ -299,9 +302,22 @@ class ProxyRank(PermutedVsDecreasedTrees):
                         "full_mean": float(np.mean(list(full.values())))})
         return out
 
+    def _first_seed(self, records: dict[str, RunRecord]) -> dict[str, tuple[float, float]]:
+        out = {}
+        for arch in self.architectures():
+            proxy, full = records.get(f"proxy-{arch.name}"), records.get(f"{arch.name}-s{self.seeds[0]}-lr0")
+            if all(r is not None and r.status == "done" and r.result for r in (proxy, full)):
+                out[arch.name] = (proxy.result["reward"], full.result["metrics"].get(self.primary_metric))
+        return out
+
     def analyse(self, records: dict[str, RunRecord]) -> dict[str, Any]:
         pairs = self.pairs(records)
         out: dict[str, Any] = {"pairs": pairs, "n": len(pairs)}
+        first = self._first_seed(records)
+        if len(first) >= 2:  # every architecture with a proxy reward and the first seed's run
+            x, y = zip(*first.values())
+            out[f"tau_proxy_vs_seed{self.seeds[0]}"] = kendall_tau(x, y)
+            out[f"n_seed{self.seeds[0]}"] = len(first)
         if len(pairs) >= 2:
             x, y = [p["proxy"] for p in pairs], [p["full_mean"] for p in pairs]
             out["tau_proxy_vs_full"] = kendall_tau(x, y)
