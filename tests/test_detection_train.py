@@ -29,18 +29,33 @@ def _fit(tmp_path, data, overrides, classes=None, val=None):
     return trainer, trainer.fit()
 
 
-def test_memorises_two_tree_tiles(tmp_path):
-    """A registered detector from scratch learns two real 400x400 tiles (84 trees, seen at 384 px, no augmentation).
+def test_memorises_two_tree_tiles_under_recalibrated_batchnorm(tmp_path, all_threads):
+    """A registered detector from scratch learns two real 400x400 tiles (84 trees, seen at 384 px, no augmentation)
+    with the official BatchNorm momentum (the smoke recipe, no BN override), evaluated on the same tiles. With
+    the running averages of its last step (``last.pt``) it finds none of the trees; with the statistics precise
+    BN recomputes for the final weights (the run's final evaluation) it finds nearly all of them: the weights
+    learned the tiles, the running averages did not follow them (docs/training.md, "Precise BatchNorm").
 
-    Measured: AP50 0.98 (AP75 0.95) after these 100 steps, 1.00 after 120; the bar is 0.9."""
-    trainer, metrics = _fit(tmp_path, "trees:yell-train[34:36]", [
-        "steps=100", "batch_size=2", "warmup_steps=10", "lr=0.04", "image_size=384", "checkpoint_every=1000",
-        "scale_min=1.0", "scale_max=1.0", "hflip=0.0"])
+    Measured on 2 threads: loss 1.78 -> 0.11, AP50 0.000 before recalibration, 0.964 (AP75 0.959) after; the
+    bars are 0.2 and 0.9."""
+    from spinenet.engine import get_recipe
+    from spinenet.engine.checkpoint import load_checkpoint
+
+    recipe = parse_overrides(get_recipe("smoke"), [
+        "steps=100", "batch_size=2", "image_size=384", "hflip=0.0", "optimizer=sgd", "lr=0.04", "warmup_steps=10",
+        "warmup_factor=0.1", "schedule=cosine", "grad_clip=10.0", "checkpoint_every=1000"])
+    assert recipe.model.bn_momentum is None and recipe.eval.precise_bn_batches > 0
+    task = get_task("detection", model="retinanet_spinenet49s", data="trees:yell-train[34:36]",
+                    val_data="trees:yell-train[34:36]")
+    trainer = Trainer(task, recipe, tmp_path / "run", device="cpu", progress=False)
+    after = trainer.fit()
     assert len(trainer.train_set) == 2 and trainer.train_set.stats["boxes"] == 84
-    assert metrics["AP50"] >= 0.9, metrics
     losses = [float(r.split(",")[2]) for r in (tmp_path / "run" / "metrics.csv").read_text().splitlines()[1:]
               if r.split(",")[2]]
-    assert losses[-1] < 0.05 * losses[0]
+    assert losses[-1] < 0.1 * losses[0], losses
+    trainer.model_core.load_state_dict(load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["model"])
+    before = trainer.evaluate(recalibrate=False)  # the same weights with the running averages
+    assert before["AP50"] <= 0.2 and after["AP50"] >= 0.9, (before, after)
 
 
 def test_two_class_training_on_soap(tmp_path):
