@@ -40,7 +40,12 @@ def _check_outputs(folder, n_rows):
     assert all(r["status"] == "done" for r in rows), [(r["run"], r["error"]) for r in rows]
     assert (folder / "summary.png").stat().st_size > 1000
     assert json.loads((folder / "summary.json").read_text()) is not None
+    report = (folder / "summary.md").read_text()
     for r in rows:
+        if r["kind"] in ("train", "proxy"):
+            assert f"| {r['model']} |" in report, (r["model"], report)
+        if r["kind"] == "search":
+            assert f"| {r['run']} |" in report, (r["run"], report)
         if r["kind"] == "train":
             assert int(r["params"]) > 0 and int(r["macs"]) > int(r["backbone_macs"]) > 0
             assert json.loads(r["recipe"])["schedule"]["steps"] == 2

@@ -130,8 +130,8 @@ class _Base(Experiment):
                 continue
             labels = rec.spec["labels"]
             group = groups.setdefault(f"{labels['model']} lr={labels['lr']:.4g}", {})
-            for k, v in {**rec.result["metrics"], "macs": rec.result["macs"], "params": rec.result["params"],
-                         "wall_time_s": rec.wall_time}.items():
+            cost = {k: rec.result.get(k) for k in ("params", "backbone_macs", "macs")}
+            for k, v in {**rec.result["metrics"], **cost, "wall_time_s": rec.wall_time}.items():
                 if v is not None:
                     group.setdefault(k, []).append(float(v))
         return {g: {k: {"mean": float(np.mean(v)), "sd": float(np.std(v, ddof=1)) if len(v) > 1 else None,
@@ -139,6 +139,36 @@ class _Base(Experiment):
 
     def analyse(self, records: dict[str, RunRecord]) -> dict[str, Any]:
         return {"table": self.summary_table(records), "reference_macs": self.reference_macs}
+
+    def metric_columns(self, table: dict[str, Any]) -> list[str]:
+        """The primary metric, then every other split's AP50 / AP / top-1 that the runs report."""
+        keys = {k for group in table.values() for k in group}
+        split = self.primary_metric.split("/")[0]
+        others = sorted((k for k in keys if k != self.primary_metric and k.split("/")[-1] in ("AP50", "AP", "top1")),
+                        key=lambda k: (k.split("/")[0] != split, k.split("/")[0], k.split("/")[-1] != "AP50"))
+        return [self.primary_metric, *others] if self.primary_metric in keys else others
+
+    def report(self, records: dict[str, RunRecord], analysis: dict[str, Any]) -> str:
+        table = analysis.get("table") or {}
+        if not table:
+            return ""
+        metrics = self.metric_columns(table)
+
+        def cell(stats: dict[str, Any] | None, scale: float = 1.0, digits: int = 3) -> str:
+            if not stats:
+                return ""
+            mean = f"{stats['mean'] / scale:.{digits}f}"
+            return mean if stats["sd"] is None else f"{mean} ± {stats['sd'] / scale:.{digits}f}"
+
+        head = ["model", "lr", "n", *metrics, "params (M)", "backbone MACs (G)", "MACs (G)", "wall time (min)"]
+        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for group, stats in table.items():
+            model, lr = group.rsplit(" lr=", 1)
+            n = max(v["n"] for v in stats.values())
+            row = [model, lr, str(n), *(cell(stats.get(m)) for m in metrics), cell(stats.get("params"), 1e6, 2),
+                   cell(stats.get("backbone_macs"), 1e9, 2), cell(stats.get("macs"), 1e9, 2), cell(stats.get("wall_time_s"), 60.0, 1)]
+            lines.append("| " + " | ".join(row) + " |")
+        return "\n".join(lines) + "\n\nMean ± sample sd over seeds; MACs of the whole model at the recipe's image size.\n"
 
 
 # --------------------------------------------------------------------------------------------- comparisons
@@ -328,6 +358,37 @@ class ProxyRank(PermutedVsDecreasedTrees):
                 out["tau_seed_vs_seed_ci95"] = bootstrap_interval(a, b, resamples=self.settings.resamples)
         return out
 
+    def report(self, records: dict[str, RunRecord], analysis: dict[str, Any]) -> str:
+        seed0 = self._first_seed(records)
+        pairs = {p["arch"]: p for p in analysis.get("pairs") or []}
+        lines = ["| architecture | proxy reward | " + " | ".join(f"{self.primary_metric} seed {s}" for s in self.seeds)
+                 + " | mean |", "|" + "---|" * (3 + len(self.seeds))]
+        for arch in self.architectures():
+            proxy = records.get(f"proxy-{arch.name}")
+            if proxy is None or proxy.status != "done" or not proxy.result:
+                continue
+            full = []
+            for seed in self.seeds:
+                rec = records.get(f"{arch.name}-s{seed}-lr0")
+                ok = rec is not None and rec.status == "done" and rec.result
+                full.append(f"{rec.result['metrics'][self.primary_metric]:.3f}" if ok else "")
+            mean = f"{pairs[arch.name]['full_mean']:.3f}" if arch.name in pairs else ""
+            lines.append(f"| {arch.name} | {proxy.result['reward']:.3f} | " + " | ".join(full) + f" | {mean} |")
+        out = "\n".join(lines) + "\n"
+
+        def tau(key: str) -> str:
+            value, ci = analysis.get(key), analysis.get(f"{key}_ci95")
+            if value is None:
+                return "n/a"
+            return f"{value:.2f}" + (f" (95% bootstrap {ci[0]:.2f} to {ci[1]:.2f})" if ci else "")
+
+        out += (f"\nKendall tau, proxy vs full recipe (mean of {len(self.seeds)} seeds, {analysis.get('n', 0)} "
+                f"architectures): {tau('tau_proxy_vs_full')}; seed vs seed: {tau('tau_seed_vs_seed')}.\n")
+        if seed0:
+            out += (f"Proxy vs the first seed alone ({len(seed0)} architectures): "
+                    f"{tau(f'tau_proxy_vs_seed{self.seeds[0]}')}.\n")
+        return out
+
     def plot_extra(self, ax, records, analysis) -> None:
         pairs = analysis.get("pairs") or []
         ax.scatter([p["proxy"] for p in pairs], [p["full_mean"] for p in pairs], s=25)
@@ -403,6 +464,16 @@ class SearchVsRandom(PermutedVsDecreasedTrees):
                 curves[key] = np.maximum.accumulate(rewards).tolist() if rewards else []
         out["best_so_far"] = curves
         return out
+
+    def report(self, records: dict[str, RunRecord], analysis: dict[str, Any]) -> str:
+        lines = ["| search | trials | best proxy reward | found at trial |", "|---|---|---|---|"]
+        for key, curve in sorted((analysis.get("best_so_far") or {}).items()):
+            if curve:
+                best = curve[-1]
+                lines.append(f"| {key} | {len(curve)} | {best:.3f} | {curve.index(best) + 1} |")
+        searches = "\n".join(lines) + "\n" if len(lines) > 2 else ""
+        trained = super().report(records, analysis)
+        return searches + ("\n" + trained if searches and trained else trained)
 
     def plot_extra(self, ax, records, analysis) -> None:
         for k, (key, curve) in enumerate(sorted((analysis.get("best_so_far") or {}).items())):

@@ -123,6 +123,10 @@ class Experiment:
     def plot_extra(self, ax, records: dict[str, RunRecord], analysis: dict[str, Any]) -> None:
         """Draw the experiment's own panel beside the per-model one (experiments that have one override this)."""
 
+    def report(self, records: dict[str, RunRecord], analysis: dict[str, Any]) -> str:
+        """Markdown tables of the result (``summary.md``), ready for the experiment's page."""
+        return ""
+
 
 def git_commit() -> str:
     """``git rev-parse HEAD`` of the source tree (``+dirty`` with uncommitted changes); '' outside a git clone."""
@@ -292,13 +296,17 @@ def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
 
 
 def write_outputs(experiment: Experiment, records: dict[str, RunRecord], out: Path) -> None:
-    """``runs.csv``, ``summary.json`` (the experiment's analysis) and ``summary.png``, each written atomically."""
+    """``runs.csv``, ``summary.json`` (the experiment's analysis), ``summary.png`` and ``summary.md`` (its tables),
+    each written atomically."""
     write_csv(csv_rows(records), out / "runs.csv")
     analysis = experiment.analyse(records)
     tmp = out / "summary.json.tmp"
     tmp.write_text(json.dumps(analysis, indent=2, sort_keys=True, default=float) + "\n")
     os.replace(tmp, out / "summary.json")
     plot_summary(experiment, records, analysis, out / "summary.png")
+    tmp = out / "summary.md.tmp"
+    tmp.write_text(experiment.report(records, analysis))
+    os.replace(tmp, out / "summary.md")
 
 
 def plot_summary(experiment: Experiment, records: dict[str, RunRecord], analysis: dict[str, Any],
