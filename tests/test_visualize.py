@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from spinenet.visualize import (color, draw_class_map, draw_detections, drawing_scale, label_font, label_sizes,
-                                palette, save_png, segmentation_palette)
+from spinenet.visualize import (color, draw_class_map, draw_classification, draw_detections, drawing_scale,
+                                label_font, label_sizes, palette, save_png, segmentation_palette)
 
 GREY = 128
 
@@ -111,6 +111,24 @@ def test_no_detections_leaves_the_image_and_bad_input_is_refused(tmp_path):
 
     assert np.array_equal(np.asarray(Image.open(path)), image.permute(1, 2, 0).numpy())
     assert [p.name for p in path.parent.iterdir()] == ["x.png"]  # no temporary file left
+
+
+def test_classification_labels_stack_in_their_classes_colours():
+    """The frame in the top class's colour; one label strip per class from the top down, each in its class's
+    colour; labels that do not fit a small image are left out."""
+    image = torch.full((3, 240, 320), GREY, dtype=torch.uint8)
+    drawn = draw_classification(image, [4, 1, 2], ["coat", "shirt", "bag"], torch.tensor([0.7, 0.2, 0.1]))
+    assert drawn.shape == image.shape and (drawn[:, -1, 100] == torch.tensor(color(4))).all()
+    inside = drawn[:, 3:-3, 3:-3]  # within the frame's 2 px outline
+    strip = [torch.nonzero(_near(inside, color(k), tol=0).any(1)).flatten() for k in (4, 1, 2)]  # label rows
+    assert all(len(r) > 5 for r in strip)
+    assert strip[0].max() < strip[1].min() and strip[1].max() < strip[2].min()  # stacked, best on top
+    assert not _near(drawn[:, 120:-4, 4:-4], color(1), tol=0).any()  # nothing below the labels
+    small = draw_classification(torch.full((3, 28, 28), GREY, dtype=torch.uint8), [4, 1, 2], ["a", "b", "c"],
+                                [0.7, 0.2, 0.1])
+    assert _near(small, color(4), tol=0).any() and not _near(small, color(2), tol=0).any()
+    with pytest.raises(ValueError, match="class ids"):
+        draw_classification(image, [1, 2], ["a"], [0.5, 0.5])
 
 
 def test_one_palette_across_the_package():

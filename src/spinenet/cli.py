@@ -28,6 +28,11 @@ TRAIN_TASKS = {"retinanet": "detection", "maskrcnn": "detection", "detection": "
                "classification": "classification", "segmentation": "segmentation"}
 
 
+CHECKPOINT_HELP = ("a training checkpoint (RUN/checkpoints/final.pt) or a spinenet-weights/1 .safetensors file "
+                   "(`spinenet convert`, spinenet.save_weights); a weights file has no recipe: fp32, the model's "
+                   "image_size, the task's default evaluation settings (docs/training.md)")
+
+
 def cmd_list(args: argparse.Namespace) -> int:
     from .registry import get_entry, list_models
 
@@ -338,14 +343,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="torch.compile the backbone and heads (the recipe setting optim.compile=true)")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("eval", help="metrics of a checkpoint on a dataset (COCO AP, top-1/top-5, or IoU by its task)")
-    p.add_argument("--checkpoint", required=True)
+    p = sub.add_parser("eval", help="metrics of a trained model on a dataset (COCO AP, top-1/top-5, or IoU by its "
+                       "task)")
+    p.add_argument("--checkpoint", required=True, metavar="CKPT|WEIGHTS", help=CHECKPOINT_HELP)
     p.add_argument("--data", required=True)
     p.add_argument("--classes", help="class mode of built-in sets, e.g. dead_alive")
     p.add_argument("--out", help="detection: write COCO results JSON here; classification / segmentation: a folder "
                    "for metrics.json and confusion_matrix.png / overlays/")
     p.add_argument("--image-size", type=int, help="resize the long side to this (e.g. the images' native size); "
-                   "default: the recipe's eval.image_size for detection, else the training size")
+                   "default: the recipe's eval.image_size for detection, else the training size (a weights file: "
+                   "the model's image_size)")
     p.add_argument("--device")
     p.add_argument("--optimize", action="store_true",
                    help="evaluate spinenet.optimize_for_inference(model) (BatchNorm folded, channels_last) instead of "
@@ -353,16 +360,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compile", action="store_true", help="torch.compile the backbone and heads (slow first call)")
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("predict", help="run a checkpoint on images (boxes and Mask R-CNN masks, top-5 classes, or "
-                       "segmentation masks, by its task)")
-    p.add_argument("--checkpoint", required=True)
+    p = sub.add_parser("predict", help="run a trained model on images (boxes and Mask R-CNN masks, top-5 classes, "
+                       "or segmentation masks, by its task)")
+    p.add_argument("--checkpoint", required=True, metavar="CKPT|WEIGHTS", help=CHECKPOINT_HELP)
     p.add_argument("images", nargs="+", metavar="IMAGE")
-    p.add_argument("--out", required=True, help="folder for predictions.json and drawn images (segmentation: also "
-                   "*_mask.png with class ids)")
+    p.add_argument("--out", required=True, help="folder for predictions.json and a drawn image per input, "
+                   "*_pred.png: boxes, top-5 class labels or masks (segmentation: also *_mask.png with class ids)")
     p.add_argument("--score-thresh", type=float, default=0.3,
                    help="keep detections at or above this score (also lowers the model's own 0.05 if smaller)")
     p.add_argument("--image-size", type=int, help="resize the long side to this; default: the recipe's "
-                   "eval.image_size for detection, else the training size")
+                   "eval.image_size for detection, else the training size (a weights file: the model's image_size)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace predictions.json and drawn images already in --out (refused otherwise)")
     p.add_argument("--device")

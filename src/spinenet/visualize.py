@@ -18,8 +18,8 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-__all__ = ["MASK_ALPHA", "color", "draw_class_map", "draw_detections", "draw_overlay", "drawing_scale",
-           "label_font", "label_sizes", "palette", "save_png", "segmentation_palette"]
+__all__ = ["MASK_ALPHA", "color", "draw_class_map", "draw_classification", "draw_detections", "draw_overlay",
+           "drawing_scale", "label_font", "label_sizes", "palette", "save_png", "segmentation_palette"]
 
 MASK_ALPHA = 0.45  # opacity of an instance mask's fill under its box
 MIN_FONT = 8  # px: the smallest label font (DejaVu Sans stays legible down to about this)
@@ -121,6 +121,38 @@ def draw_detections(image: torch.Tensor, boxes: torch.Tensor, class_ids: Sequenc
         image = draw_bounding_boxes(image, boxes[k], [labels[i] for i in k], colors=[colors[i] for i in k],
                                     width=width, font=font, font_size=size, fill_labels=True,
                                     label_colors=[_text_color(colors[i]) for i in k])
+    return image
+
+
+def draw_classification(image: torch.Tensor, class_ids: Sequence[int], names: Sequence[str],
+                        probabilities: Sequence[float] | torch.Tensor) -> torch.Tensor:
+    """A classifier's top classes on an image: a uint8 ``[3, H, W]`` tensor.
+
+    ``class_ids``, ``names`` and ``probabilities`` list the classes best first. The image is framed in the colour
+    (:func:`color`) of the first class; from its top-left corner down, one label ``<name> <probability>`` per class
+    sits on a strip in that class's colour, sized by :func:`drawing_scale`. Labels that would run past the image's
+    bottom edge are left out; the first class's is always drawn."""
+    from PIL import ImageFont
+    from torchvision.utils import draw_bounding_boxes
+
+    _check_uint8_chw(image, "draw_classification")
+    if not len(class_ids) == len(names) == len(probabilities) or not len(class_ids):
+        raise ValueError(f"draw_classification: {len(class_ids)} class ids, {len(names)} names and "
+                         f"{len(probabilities)} probabilities: give the same number, at least one")
+    image = image.cpu()
+    h, w = image.shape[-2:]
+    font_size, width = drawing_scale(h, w)
+    font = label_font()
+    ascent, descent = (ImageFont.truetype(font, font_size) if font else ImageFont.load_default()).getmetrics()
+    pitch = ascent + descent + 2  # a label's strip: the text's height and a 1 px margin above and below
+    for i, (k, name, p) in enumerate(zip(class_ids, names, [float(v) for v in probabilities])):
+        top = width + i * pitch  # torchvision sets a label 1 px inside its box's outline, filled 1 px around it
+        if i and top + pitch > h:
+            break
+        box = [0.0, 0.0, w - 1.0, h - 1.0] if i == 0 else [float(width), float(top), float(width), float(top)]
+        image = draw_bounding_boxes(image, torch.tensor([box]), [f"{name} {p:.2f}"], colors=[color(int(k))],
+                                    width=width if i == 0 else 0, font=font, font_size=font_size if font else None,
+                                    fill_labels=True, label_colors=[_text_color(color(int(k)))])
     return image
 
 

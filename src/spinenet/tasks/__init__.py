@@ -1,6 +1,7 @@
 """Tasks plugged into the shared engine (``get_task(name, **kwargs)``), and what a trained model does afterwards:
-``evaluate_checkpoint`` / ``predict_checkpoint`` read a checkpoint, rebuild its model through the registry and hand
-it to its task (:class:`~spinenet.tasks.inference.InferenceTask`: evaluate, predict, visualize)."""
+``evaluate_checkpoint`` / ``predict_checkpoint`` read a training checkpoint or a weights file, rebuild its model
+through the registry and hand it to its task (:class:`~spinenet.tasks.inference.InferenceTask`: evaluate, predict,
+visualize)."""
 
 from __future__ import annotations
 
@@ -50,7 +51,8 @@ def inference_task(task: str) -> type[InferenceTask]:
 def evaluate_checkpoint(path: str | os.PathLike[str], data: str, *, device: str | None = None,
                         out: str | None = None, image_size: int | None = None, classes: str | None = None,
                         prepare: Prepare | None = None) -> EvalResult:
-    """Metrics of the model in the training checkpoint ``path`` on the data set ``data`` (``spinenet eval``):
+    """Metrics of the model in ``path`` (a training checkpoint or a ``spinenet-weights/1`` file,
+    :func:`~spinenet.tasks.inference.load_trained`) on the data set ``data`` (``spinenet eval``):
     COCO AP for detectors, top-1 / top-5 for classifiers, IoU for segmenters. ``out``: a detector's COCO results
     JSON, or a folder for ``metrics.json`` and the task's report images; ``image_size``: the long side to run at
     (detection, classification); ``classes``: a class mode of the built-in detection sets; ``prepare``: a
@@ -63,10 +65,10 @@ def evaluate_checkpoint(path: str | os.PathLike[str], data: str, *, device: str 
 def predict_checkpoint(path: str | os.PathLike[str], images: Sequence[str], *, out: str,
                        device: str | None = None, image_size: int | None = None, score_thresh: float = 0.3,
                        overwrite: bool = False, prepare: Prepare | None = None) -> PredictResult:
-    """Predictions of the model in the training checkpoint ``path`` on image files (``spinenet predict``):
-    ``out/predictions.json`` and the task's images (drawn detections, segmentation masks and overlays). Nothing is
-    written unless every image reads and no output exists (or ``overwrite``). ``score_thresh``: the detections
-    kept."""
+    """Predictions of the model in ``path`` (a training checkpoint or a ``spinenet-weights/1`` file) on image files
+    (``spinenet predict``): ``out/predictions.json`` and the task's images (drawn detections, top classes,
+    segmentation masks and overlays). Nothing is written unless every image reads and no output exists (or
+    ``overwrite``). ``score_thresh``: the detections kept."""
     trained = load_trained(path, device, prepare)
     return inference_task(trained.task).predict_images(trained, images, out=out, image_size=image_size,
                                                        score_thresh=score_thresh, overwrite=overwrite)

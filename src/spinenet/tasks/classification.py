@@ -117,8 +117,8 @@ class ClassificationTask:
         refuse_classes(classes)
         recipe = trained.recipe
         model = trained.ready(channels_last_for_bf16(trained.model, trained.device, recipe.optim.precision))
-        dataset = classification_dataset_from_path(data, trained.classes)
-        check_classes(dataset.classes, trained.classes, data, trained.source)
+        dataset = classification_dataset_from_path(data, trained.class_names)
+        trained.check_classes(dataset.classes, data)
         if image_size:
             recipe = recipe.replace(image_size=image_size)
         task = cls(model=trained.model.config["name"], data=data, report_dir=out)
@@ -128,39 +128,44 @@ class ClassificationTask:
     def predict_images(cls, trained: TrainedModel, images: Sequence[str], *, out: str,
                        image_size: int | None = None, score_thresh: float = 0.3, overwrite: bool = False,
                        top_k: int = 5) -> PredictResult:
-        """The top-``k`` classes of each image (centre crop as in evaluation) in ``out/predictions.json``."""
+        """The top-``k`` classes of each image (centre crop as in evaluation) in ``out/predictions.json``, and the
+        image labelled with them, ``<stem>_pred.png`` (:meth:`visualize`)."""
         from ..data.classification import center_crop_resize
         from ..data.images import decode_image
         from ..files import write_json
+        from ..visualize import save_png
 
         model = trained.ready()
         recipe = trained.recipe
-        prepare_outputs(images, out, (), overwrite, decode_image)
+        folder = Path(out)
+        stems = prepare_outputs(images, folder, ("_pred.png",), overwrite, decode_image)
         size = image_size or recipe.data.image_size
         crop, hflip = eval_crop(recipe), eval_hflip(recipe)
         records: list[dict[str, Any]] = []
-        for path in images:
-            image = center_crop_resize(decode_image(path), size, crop)
+        for path, stem in zip(images, stems):
+            image = decode_image(path)
             with torch.no_grad():
-                logits = classify(model, image[None].to(trained.device), hflip).cpu()
-            top = [{"class": name, "probability": round(p, 6)} for name, p in trained.model.decode(logits, top_k)[0]]
-            records.append({"file_name": str(path), "top": top})
-        write_json(Path(out) / "predictions.json", records, indent=1)
+                logits = classify(model, center_crop_resize(image, size, crop)[None].to(trained.device), hflip)
+            top = [{"class": name, "probability": round(p, 6)}
+                   for name, p in trained.model.decode(logits.cpu(), top_k)[0]]
+            records.append({"file_name": str(path), "drawn": f"{stem}_pred.png", "top": top})
+            save_png(cls.visualize(image, logits[0].cpu(), trained.classes, top_k), folder / f"{stem}_pred.png")
+        write_json(folder / "predictions.json", records, indent=1)
         lines = [f"{r['file_name']}: " + ", ".join(f"{t['class']} {t['probability']:.3f}" for t in r["top"][:3])
                  for r in records]
-        return PredictResult(records, [*lines, f"{len(records)} images -> {out}/predictions.json"])
+        return PredictResult(records, [*lines, f"{len(records)} images -> {folder}/predictions.json and *_pred.png"])
 
     @staticmethod
-    def visualize(image: torch.Tensor, prediction: torch.Tensor, classes: Sequence[str]) -> torch.Tensor:
-        """The image (uint8 ``[3, H, W]``) framed in the colour of its top class, labelled with the class and its
-        probability; ``prediction``: the image's logits ``[C]``."""
-        from ..visualize import draw_detections
+    def visualize(image: torch.Tensor, prediction: torch.Tensor, classes: Sequence[str],
+                  top_k: int = 5) -> torch.Tensor:
+        """The image (uint8 ``[3, H, W]``) framed in the colour of its top class and labelled with its ``top_k``
+        classes and their probabilities (:func:`spinenet.visualize.draw_classification`); ``prediction``: the
+        image's logits ``[C]``."""
+        from ..visualize import draw_classification
 
-        probs = prediction.float().softmax(-1)
-        k = int(probs.argmax())
-        h, w = image.shape[-2:]
-        return draw_detections(image, torch.tensor([[0.0, 0.0, w - 1.0, h - 1.0]]), [k], [classes[k]],
-                               [float(probs[k])])
+        top = prediction.float().softmax(-1).topk(min(top_k, prediction.numel()))
+        ids = top.indices.tolist()
+        return draw_classification(image, ids, [classes[k] for k in ids], top.values.tolist())
 
 
 def predict_dataset(model: nn.Module, dataset: Dataset, device: torch.device, image_size: int,

@@ -168,8 +168,7 @@ class DetectionTask:
 
         model = trained.ready()
         dataset = dataset_from_path(data, **({"classes": classes} if classes else {}))
-        if list(dataset.classes) != trained.classes:
-            raise ValueError(f"{data} has classes {dataset.classes[1:]}, the checkpoint {trained.classes[1:]}")
+        trained.check_classes(dataset.classes, data)
         with inference_size(model, image_size or eval_image_size(trained.recipe)):
             predictions = predict_dataset(model, dataset, trained.device)
         metrics = evaluate_predictions(predictions, dataset)
@@ -199,7 +198,7 @@ class DetectionTask:
         model.score_thresh = min(model.score_thresh, score_thresh)  # a lower display threshold reaches NMS too
         folder = Path(out)
         stems = prepare_outputs(images, folder, ("_pred.png",), overwrite, decode_image)
-        classes, category_ids = trained.classes, trained.ckpt["category_ids"]
+        classes, category_ids = trained.classes, trained.category_ids
         size = image_size or eval_image_size(trained.recipe)
         records: list[dict[str, Any]] = []
         for image_path, stem in zip(images, stems):

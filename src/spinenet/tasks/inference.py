@@ -6,6 +6,12 @@ training ``recipe`` (evaluation crop and size, input scale). :func:`load_trained
 :class:`TrainedModel`; the model's declared ``task`` (the registry's vocabulary: ``retinanet``, ``maskrcnn``,
 ``classification``, ``segmentation``) selects the task (:func:`spinenet.tasks.inference_task`), which evaluates,
 predicts and draws (:class:`InferenceTask`). The CLI only parses arguments and prints the lines a task returns.
+
+:func:`load_trained` also takes a ``spinenet-weights/1`` file (``spinenet convert``, :func:`spinenet.save_weights`;
+recognised by :func:`is_weights_file`). Such a file holds the model's configuration and weights but no training
+recipe, so evaluation and prediction use :func:`weights_recipe`: the task's recipe defaults with the model's own
+input size, in float32. Its class names are the configuration's (classifiers, segmenters); a file that names none
+(detectors) labels classes by their ids and is checked against a data set by the class count only.
 """
 
 from __future__ import annotations
@@ -24,10 +30,19 @@ from ..files import write_json
 Prepare = Callable[[nn.Module], nn.Module]
 
 
+# The recipe task (a checkpoint's ``task``) that trains, evaluates and reads data for each registry task.
+RECIPE_TASKS = {"retinanet": "detection", "maskrcnn": "detection", "classification": "classification",
+                "segmentation": "segmentation"}
+SOURCES = ("eval and predict take a training checkpoint (checkpoints/final.pt) or a spinenet-weights/1 file "
+           "(written by `spinenet convert` or spinenet.save_weights)")
+
+
 @dataclass
 class TrainedModel:
-    """A checkpoint's trained model on ``device`` in eval mode, with the checkpoint it came from. ``prepare``
-    transforms the model before it runs (e.g. :func:`spinenet.optimize_for_inference`; see :meth:`ready`)."""
+    """A checkpoint's trained model on ``device`` in eval mode, with the checkpoint it came from (for a weights
+    file, the entries it stands in for: ``task``, ``model_config``, ``recipe`` and, when the file names them,
+    ``classes``; :func:`load_weights_file`). ``prepare`` transforms the model before it runs (e.g.
+    :func:`spinenet.optimize_for_inference`; see :meth:`ready`)."""
 
     ckpt: dict[str, Any]
     source: str
@@ -40,13 +55,37 @@ class TrainedModel:
         self.task = self.model.task  # read before any transform: the registry task the model declares
 
     @property
+    def class_names(self) -> list[str] | None:
+        """The class names in label order; ``None`` when the source names none (a detector's weights file)."""
+        names = self.ckpt.get("classes")
+        return None if names is None else [str(n) for n in names]
+
+    @property
     def classes(self) -> list[str]:
-        return list(self.ckpt["classes"])
+        """:attr:`class_names`, else each label's id as its name (``"0"``, ``"1"``, ...)."""
+        return self.class_names or [str(i) for i in range(int(self.ckpt["model_config"]["num_classes"]))]
+
+    @property
+    def category_ids(self) -> list[int]:
+        """The data set's category id of each label (detection records); label ``k`` is id ``k`` when the source
+        has no mapping (the 91-id COCO space of converted detectors, for example)."""
+        return [int(c) for c in self.ckpt.get("category_ids") or range(len(self.classes))]
 
     @property
     def recipe(self) -> Recipe:
-        """The checkpoint's training recipe (flat recipes of earlier checkpoints are migrated)."""
+        """The checkpoint's training recipe (flat recipes of earlier checkpoints are migrated); a weights file's
+        :func:`weights_recipe`."""
         return Recipe.from_dict(self.ckpt.get("recipe") or {"task": self.ckpt["task"]}, source=self.source)
+
+    def check_classes(self, data_classes: Sequence[str], data: str) -> None:
+        """A clear error when the data set ``data`` has other classes than the model: the count, then the names
+        when the source names its classes (:func:`check_classes`)."""
+        names = self.class_names
+        if names is not None:
+            check_classes(data_classes, names, data, self.source)
+        elif len(data_classes) != len(self.classes):
+            raise ValueError(f"{data} has {len(data_classes)} classes {list(data_classes)[:12]}, but the model in "
+                             f"{self.source} has {len(self.classes)} outputs; evaluate on data with as many classes")
 
     def ready(self, model: nn.Module | None = None) -> nn.Module:
         """``model`` (default: the loaded one) after ``prepare``."""
@@ -67,14 +106,79 @@ def load_task_model(ckpt: dict[str, Any], device: torch.device, source: str = "c
     return model.to(device).eval()
 
 
+def is_weights_file(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is a safetensors file (a ``spinenet-weights/1`` file) rather than a training checkpoint:
+    by its ``.safetensors`` suffix, or by its content -- a safetensors file starts with the 8-byte little-endian
+    length of its JSON header and the header's ``{``, a ``torch.save`` checkpoint is a zip archive."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        return True
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(9)
+        size = path.stat().st_size
+    except OSError:
+        return False
+    return len(head) == 9 and head[8:] == b"{" and 0 < int.from_bytes(head[:8], "little") <= size - 8
+
+
+def weights_recipe(model_task: str, config: dict[str, Any]) -> Recipe:
+    """What evaluation and prediction use for a weights file, which carries no training recipe: the defaults of
+    the recipe task training ``model_task`` models, with
+
+    * ``data.image_size`` = the model configuration's ``image_size`` (detectors and classifiers): a detector
+      resizes the long side to it (``eval.image_size`` stays unset), a classifier resizes its centre crop
+      (``eval.crop`` 0.875 of the short side, spec 7.2) to it;
+    * ``eval.window`` = 0 where the task has sliding windows (segmentation): the whole image in one pass, as
+      there is no training crop to size windows by; input scale 1, no percentile normalisation;
+    * ``optim.precision`` = ``fp32``: the weights as saved, no autocast.
+
+    Input normalisation (mean/std) lives in the models themselves, so it comes with the configuration."""
+    recipe = Recipe(name="weights-file", task=RECIPE_TASKS[model_task])
+    values: dict[str, Any] = {"optim.precision": "fp32"}
+    if config.get("image_size"):
+        values["data.image_size"] = int(config["image_size"])
+    if "eval.window" in recipe.settings():
+        values["eval.window"] = 0
+    return recipe.with_values(values)
+
+
+def load_weights_file(path: str | os.PathLike[str]) -> tuple[dict[str, Any], nn.Module]:
+    """The model of a ``spinenet-weights/1`` file, built by the registry (:func:`spinenet.load_weights`), and the
+    checkpoint entries the file stands in for (``task``, ``model_config``, ``recipe``: :func:`weights_recipe`;
+    ``classes`` when the configuration names them). A file that is not a readable spinenet weights file, holds an
+    unknown model or a backbone is a ``ValueError`` naming the file and what to give instead."""
+    from ..registry import load_weights
+
+    try:
+        model = load_weights(path)
+    except ValueError as err:
+        text = str(err)
+        raise ValueError(f"{text if str(path) in text else f'{path}: {text}'}; {SOURCES}") from None
+    if model.task not in RECIPE_TASKS:
+        raise ValueError(f"{path} holds a {model.task} model, which has no evaluation or prediction; {SOURCES} of "
+                         f"a detector, classifier or segmenter (a backbone file seeds training: model.init_weights=)")
+    config = model.to_config()
+    ckpt: dict[str, Any] = {"task": RECIPE_TASKS[model.task], "model_config": config,
+                            "recipe": weights_recipe(model.task, config).to_dict()}
+    names = config.get("class_names")
+    if names and len(names) == config.get("num_classes"):
+        ckpt["classes"] = [str(n) for n in names]
+    return ckpt, model
+
+
 def load_trained(path: str | os.PathLike[str], device: str | torch.device | None = None,
                  prepare: Prepare | None = None) -> TrainedModel:
-    """Read a training checkpoint (``checkpoints/final.pt``) and rebuild its model on ``device`` (default: CUDA
-    when available)."""
+    """Read a training checkpoint (``checkpoints/final.pt``) or a ``spinenet-weights/1`` file
+    (:func:`is_weights_file`, :func:`load_weights_file`) and rebuild its model on ``device`` (default: CUDA when
+    available)."""
     from ..engine import resolve_device
     from ..engine.checkpoint import load_checkpoint
 
     dev = resolve_device(device)
+    if is_weights_file(path):
+        ckpt, model = load_weights_file(path)
+        return TrainedModel(ckpt, str(path), model.to(dev).eval(), dev, prepare)
     ckpt = load_checkpoint(path, map_location="cpu")
     return TrainedModel(ckpt, str(path), load_task_model(ckpt, dev, str(path)), dev, prepare)
 

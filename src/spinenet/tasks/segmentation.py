@@ -15,8 +15,8 @@ from torch.utils.data import Dataset
 
 from ..engine.config import Recipe
 from ..metrics import confusion_matrix, segmentation_metrics
-from .inference import (EvalResult, PredictResult, TrainedModel, check_classes, evaluate_and_report,
-                        prepare_outputs, refuse_classes)
+from .inference import (EvalResult, PredictResult, TrainedModel, evaluate_and_report, prepare_outputs,
+                        refuse_classes)
 
 
 def input_scale(recipe: Recipe | None) -> float:
@@ -159,7 +159,7 @@ class SegmentationTask:
             raise ValueError("--image-size applies to classification and detection; segmentation runs at the "
                              "data's own size (times the recipe's input_scale)")
         dataset = segmentation_dataset_from_path(data)
-        check_classes(dataset.classes, trained.classes, data, trained.source)
+        trained.check_classes(dataset.classes, data)
         task = cls(model=trained.model.config["name"], data=data, report_dir=out)
         return evaluate_and_report(trained, task, model, dataset, data, recipe, out, "overlays/")
 
