@@ -50,12 +50,6 @@ _SUFFIX = {"onnx": ".onnx", "exported-program": ".pt2"}
 
 
 # ------------------------------------------------------------------------------------------------ building
-def _is_torch_checkpoint(path: Path) -> bool:
-    """``torch.save`` files are zip archives; ``spinenet-weights/1`` files are safetensors (a JSON header)."""
-    with open(path, "rb") as fh:
-        return fh.read(4) == b"PK\x03\x04"
-
-
 def _from_training_checkpoint(path: Path) -> nn.Module:
     """The model a training checkpoint (``final.pt`` / ``last.pt``) evaluates with: its ``model`` weights (the
     moving average when the run used ``ema_decay``) in the architecture of its ``model_config``."""
@@ -74,13 +68,14 @@ def load_for_export(model: str, size: tuple[int, int] | None = None) -> tuple[nn
 
     The default size is the model's ``image_size`` (task models) or the registry's default input side."""
     from .registry import create_model, get_entry, list_models, load_weights
+    from .tasks.inference import is_weights_file
 
     path = Path(model)
     if path.suffix in (".safetensors", ".pt", ".pth") or path.is_file():
         if not path.is_file():
             raise FileNotFoundError(f"{path} does not exist; give a weights file, a training checkpoint or a "
                                     "registered model name (see `spinenet list`)")
-        net = _from_training_checkpoint(path) if _is_torch_checkpoint(path) else load_weights(path)
+        net = load_weights(path) if is_weights_file(path) else _from_training_checkpoint(path)
     elif model in list_models():
         net = create_model(model)
     else:
