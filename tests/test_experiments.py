@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from spinenet.experiments import (DAMAGES, ORDERINGS, create_experiment, damage, fixed_ordering, kendall_tau,
-                                  ordering_levels, run_experiment, scale_decreased_fpn, spinenet49_architecture)
+                                  ordering_levels, report_experiment, run_experiment, scale_decreased_fpn,
+                                  spinenet49_architecture)
 from spinenet.experiments.architectures import backbone_macs, block_multiset, matched_scale
 from spinenet.experiments.stats import bootstrap_interval
 from spinenet.graph import resolve
@@ -213,6 +214,14 @@ def test_trees_comparison_runs_and_resumes_after_an_interruption(tmp_path, monke
     assert (tmp_path / "runs" / "r50-fpn-s0-lr0" / "train" / "checkpoints" / "last.pt").is_file()
     with pytest.raises(ValueError, match="--resume"):
         run_experiment(create_experiment("permuted-vs-decreased-trees", [0], TINY_TREES), tmp_path, progress=False)
+    # --report rewrites the outputs of the interrupted experiment from its journal and runs nothing
+    report = report_experiment(create_experiment("permuted-vs-decreased-trees", [0], TINY_TREES), tmp_path)
+    assert [r.status for r in report.values()] == ["done", "running"]
+    assert "| spinenet49s | " in (tmp_path / "summary.md").read_text() and len(_rows(tmp_path)) == 2
+    with pytest.raises(ValueError, match="--report: seeds"):
+        report_experiment(create_experiment("permuted-vs-decreased-trees", [1], TINY_TREES), tmp_path)
+    with pytest.raises(FileNotFoundError, match="--report"):
+        report_experiment(create_experiment("permuted-vs-decreased-trees", [0], TINY_TREES), tmp_path / "none")
     with pytest.raises(ValueError, match="differ"):
         run_experiment(create_experiment("permuted-vs-decreased-trees", [1], TINY_TREES), tmp_path, resume=True,
                        progress=False)

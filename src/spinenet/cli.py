@@ -280,11 +280,14 @@ def cmd_scale(args: argparse.Namespace) -> int:
 
 
 def cmd_experiment(args: argparse.Namespace) -> int:
-    from .experiments import create_experiment, run_experiment
+    from .experiments import create_experiment, report_experiment, run_experiment
 
     experiment = create_experiment(args.name, args.seeds, args.overrides)
-    run_experiment(experiment, args.out, resume=args.resume, device=args.device, progress=not args.quiet)
-    print(f"{args.name}: {args.out}/runs.csv, summary.png, summary.json")
+    if args.report:
+        report_experiment(experiment, args.out)
+    else:
+        run_experiment(experiment, args.out, resume=args.resume, device=args.device, progress=not args.quiet)
+    print(f"{args.name}: {args.out}/runs.csv, summary.png, summary.json, summary.md")
     return 0
 
 
@@ -455,13 +458,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_scale)
 
     p = sub.add_parser("experiment", help="run a resumable experiment of training runs (docs/experiments/README.md)",
-                       usage="spinenet experiment NAME [key=value ...] --out DIR [--seeds S,S] [--resume] [--device cpu|cuda]")
+                       usage="spinenet experiment NAME [key=value ...] --out DIR [--seeds S,S] [--resume | --report] "
+                             "[--device cpu|cuda]")
     p.add_argument("name", metavar="NAME", help="permuted-vs-decreased-trees, permuted-vs-decreased-fmnist, "
                                                "ablations, proxy-rank or search-vs-random")
     p.add_argument("--seeds", type=lambda t: [int(v) for v in t.split(",") if v.strip()], default=None,
                    help="comma-separated training seeds (default: the experiment's)")
     p.add_argument("--out", required=True, help="experiment folder (refused if it exists, unless --resume)")
     p.add_argument("--resume", action="store_true", help="continue the experiment in --out after an interruption")
+    p.add_argument("--report", action="store_true",
+                   help="only rewrite runs.csv and the summaries in --out from its journal (safe while it runs)")
     p.add_argument("--device", choices=("cpu", "cuda"), default=None)
     p.add_argument("--quiet", action="store_true")
     p.add_argument("overrides", nargs="*", metavar="key=value",

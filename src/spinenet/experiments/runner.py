@@ -216,15 +216,7 @@ def run_experiment(experiment: Experiment, out: str | Path, *, resume: bool = Fa
                          f"experiment, or choose another --out")
     out.mkdir(parents=True, exist_ok=True)
     journal = ExperimentJournal(path)
-    config = {"experiment": experiment.name, "seeds": list(experiment.seeds),
-              "settings": json.loads(json.dumps(experiment.settings.to_dict())), "overrides": experiment.overrides}
-    stored = journal.config()
-    if stored is not None and stored != config:
-        diff = [k for k in config if config[k] != stored.get(k)]
-        journal.close()
-        raise ValueError(f"--resume: {', '.join(f'{k}={config[k]!r}' for k in diff)} differ from the experiment in "
-                         f"{out} ({', '.join(f'{k}={stored.get(k)!r}' for k in diff)})")
-    journal.set_config(config)
+    journal.set_config(_same_experiment(experiment, journal, out, "--resume"))
     commit = git_commit()
     executed = 0
     try:
@@ -251,6 +243,36 @@ def run_experiment(experiment: Experiment, out: str | Path, *, resume: bool = Fa
             journal.finish(run.key, result=result, error=error, wall_time=time.time() - t0, commit=commit)
             executed += 1
             write_outputs(experiment, journal.runs(), out)
+        records = journal.runs()
+        write_outputs(experiment, records, out)
+        return records
+    finally:
+        journal.close()
+
+
+def _same_experiment(experiment: Experiment, journal: ExperimentJournal, out: Path, flag: str) -> dict[str, Any]:
+    """The experiment's configuration, refused (journal closed) when ``out`` holds a different one."""
+    config = {"experiment": experiment.name, "seeds": list(experiment.seeds),
+              "settings": json.loads(json.dumps(experiment.settings.to_dict())), "overrides": experiment.overrides}
+    stored = journal.config()
+    if stored is not None and stored != config:
+        diff = [k for k in config if config[k] != stored.get(k)]
+        journal.close()
+        raise ValueError(f"{flag}: {', '.join(f'{k}={config[k]!r}' for k in diff)} differ from the experiment in "
+                         f"{out} ({', '.join(f'{k}={stored.get(k)!r}' for k in diff)})")
+    return config
+
+
+def report_experiment(experiment: Experiment, out: str | Path) -> dict[str, RunRecord]:
+    """Rewrite ``runs.csv`` and the summaries of the experiment in ``out`` from its journal, running nothing: the
+    tables of an experiment still running elsewhere, or of one written by an older version."""
+    out = Path(out)
+    path = out / ExperimentJournal.FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"--report: no experiment journal at {path}; give the --out of an experiment")
+    journal = ExperimentJournal(path)
+    _same_experiment(experiment, journal, out, "--report")
+    try:
         records = journal.runs()
         write_outputs(experiment, records, out)
         return records
