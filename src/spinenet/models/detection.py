@@ -226,9 +226,9 @@ def resize_and_reclass(config: dict[str, Any], image_size: int | None, num_class
         config.update(num_classes=num_classes, class_names=None, category_ids=None)
         reinit = reinit_prefixes
     if class_names is not None:
-        config["class_names"] = _class_names(class_names, config["num_classes"], "class_names")
+        config["class_names"] = _class_names(class_names, config["num_classes"], "detector")
     if category_ids is not None:
-        config["category_ids"] = _category_ids(category_ids, config["num_classes"], "category_ids")
+        config["category_ids"] = _category_ids(category_ids, config["num_classes"], "detector")
     return reinit
 
 
@@ -473,11 +473,11 @@ def create_detector(name: str, *, num_classes: int | None = None, image_size: in
     gives 91, as the official configs). ``image_size`` is the long side images are resized to (default: the
     row's 640 / 1024 / 1280 / 384 / 256). ``class_names`` names each label, label 0 included (a data set's
     ``classes``; default: COCO's for 91 labels, else none); ``category_ids`` gives each label's category id in
-    the data set (default: the label itself; :func:`detector_classes`). ``overrides``: detector-level ``head_convs``, ``head_width``,
-    ``anchor_size``, ``score_thresh``, ``nms_thresh``, ``detections_per_img``, ``topk_candidates``,
-    ``box_decoding`` (``"standard"``, or ``"tf1"`` for TF1-trained weights, :mod:`.tf1_boxes`),
-    ``focal_alpha``, ``focal_gamma``, ``huber_delta``, ``box_loss_weight``, ``matcher`` (``"iou"``, the official
-    rule, or ``"atss"``, :mod:`.atss`), ``atss_topk``; everything else goes to
+    the data set (default: the label itself; :func:`detector_classes`). ``overrides``: detector-level
+    ``head_convs``, ``head_width``, ``anchor_size``, ``score_thresh``, ``nms_thresh``, ``detections_per_img``,
+    ``topk_candidates``, ``box_decoding`` (``"standard"``, or ``"tf1"`` for TF1-trained weights,
+    :mod:`.tf1_boxes`), ``focal_alpha``, ``focal_gamma``, ``huber_delta``, ``box_loss_weight``, ``matcher``
+    (``"iou"``, the official rule, or ``"atss"``, :mod:`.atss`), ``atss_topk``; everything else goes to
     :func:`spinenet.create_model` for the backbone (``flavor``, ``activation``, ``filter_size_scale``,
     ``endpoints_num_filters``, ``bn_eps``, ``stochastic_depth_rate``, ...). The head uses the backbone's
     activation and BN settings, as the official configs do.

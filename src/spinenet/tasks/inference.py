@@ -149,8 +149,9 @@ def weights_recipe(model_task: str, config: dict[str, Any]) -> Recipe:
 def load_weights_file(path: str | os.PathLike[str]) -> tuple[dict[str, Any], nn.Module]:
     """The model of a ``spinenet-weights/1`` file, built by the registry (:func:`spinenet.load_weights`), and the
     checkpoint entries the file stands in for (``task``, ``model_config``, ``recipe``: :func:`weights_recipe`;
-    ``classes`` and ``category_ids`` when the configuration has ``class_names`` and ``category_ids``). A file that is not a readable spinenet weights file, holds an
-    unknown model or a backbone is a ``ValueError`` naming the file and what to give instead."""
+    ``classes`` and ``category_ids`` when the configuration has ``class_names`` and ``category_ids``). A file that
+    is not a readable spinenet weights file, holds an unknown model or a backbone is a ``ValueError`` naming the
+    file and what to give instead."""
     from ..registry import load_weights
 
     try:
