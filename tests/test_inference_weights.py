@@ -147,7 +147,7 @@ def test_trained_detector_names_its_classes_in_its_weights_file(tmp_path, capsys
     photo = shutil.copy(trees_data_dir() / "SOAP_061.png", tmp_path / "soap.png")
     records = _predictions(capsys, {"ckpt": ckpt, "weights": weights}, photo, tmp_path / "pred")
     assert len(records["ckpt"]) > 0 and records["ckpt"] == records["weights"]
-    assert {(r["category"], r["category_id"]) for r in records["weights"]} <= {("Dead", 1), ("Alive", 2)}
+    assert {(r["category"], r["category_id"]) for r in records["weights"]} == {("Dead", 1), ("Alive", 2)}
 
     lines = []
     for source in (ckpt, weights):
@@ -188,7 +188,7 @@ def test_detector_trained_on_category_ids_with_gaps_keeps_them_in_its_weights_fi
     records = _predictions(capsys, {"ckpt": ckpt, "weights": weights}, tmp_path / "images" / "soap.png",
                            tmp_path / "pred")
     assert len(records["ckpt"]) > 0 and records["ckpt"] == records["weights"]
-    assert {(r["category"], r["category_id"]) for r in records["weights"]} <= {("Alive", 4), ("Dead", 17)}
+    assert {(r["category"], r["category_id"]) for r in records["weights"]} == {("Alive", 4), ("Dead", 17)}
 
 
 def test_classifier_weights_file_evaluates_and_predicts_as_its_checkpoint(classifier_run, tmp_path, capsys):
