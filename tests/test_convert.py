@@ -276,6 +276,26 @@ def test_presets_fill_every_setting(tmp_path):
         convert_checkpoint(tmp_path / "x", tmp_path / "y.safetensors", preset="spinenet-50")
 
 
+def test_coco_detectors_name_the_91_official_labels():
+    """Google's COCO detectors predict 91 labels, label = COCO category id (0 the background, 1 person, ..., 90
+    toothbrush; the ids COCO leaves unused are "N/A"): a converted detector of 91 labels, and the registry's
+    default one, names them so; another class count names none."""
+    from spinenet.convert.api import build_model
+
+    tiny = {"filter_size_scale": 0.125, "endpoints_num_filters": 16, "head_width": 16}
+    for task, name in (("retinanet", "retinanet_spinenet49s"), ("maskrcnn", "maskrcnn_spinenet49s")):
+        config = build_model(task, name, "tpu", {"num_classes": 91, **tiny}).to_config()
+        names = config["class_names"]
+        assert len(names) == 91 and config["category_ids"] is None
+        assert (names[0], names[1], names[3], names[11], names[13], names[27], names[90]) == (
+            "__background__", "person", "car", "fire hydrant", "stop sign", "backpack", "toothbrush")
+        assert [i for i, n in enumerate(names) if n == "N/A"] == [12, 26, 29, 30, 45, 66, 68, 69, 71, 83]
+        assert spinenet.create_model(name, **tiny).class_names == names
+        assert build_model(task, name, "tpu", {"num_classes": 3, **tiny}).to_config()["class_names"] is None
+        given = build_model(task, name, "tpu", {"num_classes": 3, "class_names": ["bg", "a", "b"], **tiny})
+        assert given.to_config()["class_names"] == ["bg", "a", "b"]
+
+
 # ----------------------------------------------------------------------------------- TF1 RetinaNet anchor order
 class DictCheckpoint(TFCheckpoint):
     """An in-memory stand-in for a TF1 checkpoint (name -> numpy array)."""
@@ -420,6 +440,7 @@ def test_tpu_mobile_preset_converts_a_tf1_layout_retinanet(tmp_path, capsys, one
     assert wf.config["backbone"]["activation"] == "swish" and wf.config["backbone"]["bn_eps"] == 1e-4
     assert wf.provenance["preset"] == "spinenetmbconv-49-best"
     assert wf.config["postprocess"]["box_decoding"] == "tf1"
+    assert len(wf.config["class_names"]) == 91 and wf.config["class_names"][1] == "person"  # COCO's label names
     source = theirs.state_dict()
     unpermuted = [k for k in source if not k.startswith(("head.classifier.", "head.box_regressor."))
                   and not k.endswith("num_batches_tracked")]  # all but the two predictors (3 tensors each)

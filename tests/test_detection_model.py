@@ -383,3 +383,44 @@ class _Images:
 
     def __init__(self, image_sizes: list[tuple[int, int]]) -> None:
         self.image_sizes = image_sizes
+
+
+# ------------------------------------------------------------------------------------------- class names
+@pytest.mark.parametrize("name", ["retinanet_spinenet49s", "maskrcnn_spinenet49s"])
+def test_class_names_and_category_ids_travel_with_the_weights(name, tmp_path):
+    """A detector's configuration names each label (label 0 included) and maps labels to the data set's category
+    ids; a weights file gives both back, may rename them, and drops them with another class count (they name
+    the old labels). Category ids equal to the labels are stored as none."""
+    from spinenet import save_weights
+
+    tiny = {"filter_size_scale": 0.125, "endpoints_num_filters": 16, "head_width": 16}
+    names, ids = ["__background__", "cat", "dog"], [0, 17, 4]
+    det = create_detector(name, num_classes=3, class_names=names, category_ids=ids, **tiny)
+    assert (det.class_names, det.category_ids) == (names, ids)
+    path = save_weights(det, tmp_path / "det.safetensors")
+    loaded = create_detector(name, weights=str(path))
+    assert (loaded.config["class_names"], loaded.config["category_ids"]) == (names, ids)
+    renamed = create_detector(name, weights=str(path), class_names=["bg", "a", "b"], category_ids=[0, 1, 2])
+    assert (renamed.class_names, renamed.category_ids) == (["bg", "a", "b"], None)
+    recounted = create_detector(name, weights=str(path), num_classes=4)
+    assert (recounted.class_names, recounted.category_ids) == (None, None)
+    plain = create_detector(name, num_classes=3, **tiny)
+    assert (plain.class_names, plain.category_ids) == (None, None)
+    with pytest.raises(ValueError, match="class_names has 2 entries but num_classes is 3"):
+        create_detector(name, num_classes=3, class_names=["a", "b"], **tiny)
+    with pytest.raises(ValueError, match="category_ids must hold 3 distinct ids"):
+        create_detector(name, num_classes=3, category_ids=[0, 4, 4], **tiny)
+    config = det.to_config()
+    config["class_names"] = names[:2]
+    with pytest.raises(ValueError, match="config: class_names has 2 entries"):
+        create_detector_from_config(config)
+
+
+def test_configurations_without_class_names_still_build():
+    """A detector configuration written before detectors carried names (no ``class_names``, no
+    ``category_ids``) rebuilds, with neither."""
+    config = create_detector("retinanet_spinenet49s", num_classes=4, **TINY).to_config()
+    del config["class_names"], config["category_ids"]
+    rebuilt = create_detector_from_config(config)
+    assert (rebuilt.class_names, rebuilt.category_ids) == (None, None)
+    assert rebuilt.to_config()["num_classes"] == 4

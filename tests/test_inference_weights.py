@@ -101,11 +101,94 @@ def test_detector_weights_file_evaluates_and_predicts_as_its_checkpoint(detector
         assert code == 0, err[-2000:]
         records.append(json.loads((tmp_path / f"pred_{name}" / "predictions.json").read_text()))
     assert len(records[0]) > 0 and len(records[0]) == len(records[1])
-    for a, b in zip(*records):
-        assert a.pop("category") == "Tree" and b.pop("category") == "1"  # a detector's file names no classes
-        assert a == b
+    assert records[0] == records[1]  # the file names its classes as the checkpoint does
+    assert {r["category"] for r in records[0]} == {"Tree"}
     drawn = [np.asarray(Image.open(tmp_path / f"pred_{n}" / "tile_pred.png")) for n in ("ckpt", "weights")]
     assert drawn[0].shape == drawn[1].shape == (400, 400, 3)
+
+
+def _train_tiny_detector(out: Path, data: str, *extra: str) -> Path:
+    """One training step of a tiny RetinaNet (smoke recipe: fp32, 128 px); a low score threshold so that its
+    predictions are not empty."""
+    assert main(["train", "--model", "retinanet_spinenet49s", "--data", data, *extra, "--recipe", "smoke", "--out",
+                 str(out), "--device", "cpu", "steps=1", "precise_bn_batches=1", "model.filter_size_scale=0.125",
+                 "model.endpoints_num_filters=32", "model.head_width=32", "model.score_thresh=0.001"]) == 0
+    return out / "checkpoints" / "final.pt"
+
+
+def _predictions(capsys, sources: dict[str, Path], image: Path, out: Path) -> dict[str, list[dict]]:
+    """``predictions.json`` of ``spinenet predict`` on ``image`` from each source."""
+    records = {}
+    for name, source in sources.items():
+        code, _, err = run(capsys, "predict", "--checkpoint", str(source), str(image), "--out", str(out / name),
+                           "--score-thresh", "0.001", "--device", "cpu")
+        assert code == 0, err[-2000:]
+        records[name] = json.loads((out / name / "predictions.json").read_text())
+    return records
+
+
+def test_trained_detector_names_its_classes_in_its_weights_file(tmp_path, capsys):
+    """A detector trained on the SOAP tile's Dead and Alive crowns carries the data set's class names in its
+    configuration: its weights file predicts and evaluates with them exactly as its checkpoint does, and refuses a
+    data set of other classes by their names."""
+    from spinenet.data.trees import trees_dataset
+
+    ckpt = _train_tiny_detector(tmp_path / "run", "trees:soap", "--classes", "dead_alive")
+    classes = trees_dataset("soap", classes="dead_alive").classes
+    assert classes[1:] == ["Dead", "Alive"]
+    trained = load_trained(ckpt, "cpu")
+    assert trained.ckpt["model_config"]["class_names"] == trained.ckpt["classes"] == classes
+    assert trained.ckpt["model_config"]["category_ids"] is None  # label k is category id k on the built-in sets
+
+    weights = weights_of(ckpt, tmp_path / "soap.safetensors")
+    from_file = load_trained(weights, "cpu")
+    assert from_file.class_names == classes and from_file.category_ids == trained.category_ids == [0, 1, 2]
+
+    photo = shutil.copy(trees_data_dir() / "SOAP_061.png", tmp_path / "soap.png")
+    records = _predictions(capsys, {"ckpt": ckpt, "weights": weights}, photo, tmp_path / "pred")
+    assert len(records["ckpt"]) > 0 and records["ckpt"] == records["weights"]
+    assert {(r["category"], r["category_id"]) for r in records["weights"]} == {("Dead", 1), ("Alive", 2)}
+
+    lines = []
+    for source in (ckpt, weights):
+        code, out, err = run(capsys, "eval", "--checkpoint", str(source), "--data", "trees:soap", "--classes",
+                             "dead_alive", "--device", "cpu")
+        assert code == 0, err[-2000:]
+        lines.append(out.splitlines()[0])
+    assert lines[0] == lines[1] and "AP50" in lines[0]
+    code, _, err = run(capsys, "eval", "--checkpoint", str(weights), "--data", "trees:soap", "--device", "cpu")
+    assert code == 2
+    one_line_error(err, str(weights), "'Tree'", "'Dead'", "'Alive'")
+
+
+def test_detector_trained_on_category_ids_with_gaps_keeps_them_in_its_weights_file(tmp_path, capsys):
+    """A COCO file whose category ids are not the labels (Alive = 4, Dead = 17): the trained configuration maps
+    labels to those ids, so predictions from the weights file carry the data set's ids and names, as from the
+    checkpoint."""
+    from spinenet.data.trees import trees_dataset
+
+    soap = trees_dataset("soap", classes="dead_alive")
+    _, target = soap[0]
+    ids = {"Dead": 17, "Alive": 4}
+    (tmp_path / "images").mkdir()
+    shutil.copy(trees_data_dir() / "SOAP_061.png", tmp_path / "images" / "soap.png")
+    boxes = target["boxes"].tolist()
+    data = {"images": [{"id": 1, "file_name": "soap.png", "width": 400, "height": 400}],
+            "categories": [{"id": ids[n], "name": n} for n in soap.classes[1:]],
+            "annotations": [{"id": k + 1, "image_id": 1, "category_id": ids[soap.classes[label]], "iscrowd": 0,
+                             "bbox": [x0, y0, x1 - x0, y1 - y0], "area": (x1 - x0) * (y1 - y0)}
+                            for k, ((x0, y0, x1, y1), label) in enumerate(zip(boxes, target["labels"].tolist()))]}
+    (tmp_path / "ann.json").write_text(json.dumps(data))
+
+    ckpt = _train_tiny_detector(tmp_path / "run", str(tmp_path / "ann.json"))
+    config = load_trained(ckpt, "cpu").ckpt["model_config"]
+    assert config["class_names"] == ["__background__", "Alive", "Dead"] and config["category_ids"] == [0, 4, 17]
+    weights = weights_of(ckpt, tmp_path / "coco.safetensors")
+    assert load_trained(weights, "cpu").category_ids == [0, 4, 17]
+    records = _predictions(capsys, {"ckpt": ckpt, "weights": weights}, tmp_path / "images" / "soap.png",
+                           tmp_path / "pred")
+    assert len(records["ckpt"]) > 0 and records["ckpt"] == records["weights"]
+    assert {(r["category"], r["category_id"]) for r in records["weights"]} == {("Alive", 4), ("Dead", 17)}
 
 
 def test_classifier_weights_file_evaluates_and_predicts_as_its_checkpoint(classifier_run, tmp_path, capsys):

@@ -92,3 +92,20 @@ def test_legacy_configs_rebuild_through_model_from_config():
         model = model_from_config(wf.config)
         model.load_state_dict(wf.state)
         check(stem, model)
+
+
+@pytest.mark.parametrize("stem", ["retinanet", "maskrcnn"])
+def test_legacy_detector_files_name_their_labels_by_id(stem):
+    """Detector files of 0.1.0 have no ``class_names`` or ``category_ids``: they load without them, and eval and
+    predict name each label by its id and take it as its category id; names given at load time are kept."""
+    import spinenet
+    from spinenet.tasks.inference import load_trained
+
+    trained = load_trained(LEGACY / f"{stem}.safetensors", "cpu")
+    count = trained.model.num_classes
+    assert (trained.model.class_names, trained.model.category_ids, trained.class_names) == (None, None, None)
+    assert trained.classes == [str(i) for i in range(count)] and trained.category_ids == list(range(count))
+    names = [f"c{i}" for i in range(count)]
+    named = spinenet.load_weights(LEGACY / f"{stem}.safetensors", class_names=names)
+    assert named.class_names == names
+    check(stem, named)

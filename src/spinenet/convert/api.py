@@ -27,6 +27,7 @@ from typing import Any, Iterator, Mapping
 
 from torch import nn
 
+from ..constants import NUM_COCO_LABELS
 from .load import MatchReport, apply_tf_weights
 from .presets import get_preset
 from .tf_checkpoint import TFCheckpoint
@@ -103,13 +104,6 @@ def parse_set(items: list[str] | None) -> dict[str, Any]:
     return out
 
 
-def coco_class_names() -> list[str]:
-    """The 91 COCO category-id names the official detectors predict (0 = background, unused ids "N/A")."""
-    from torchvision.models._meta import _COCO_CATEGORIES  # torchvision's own table (pinned version)
-
-    return list(_COCO_CATEGORIES)
-
-
 def _detector_name(model: str, family: str = "retinanet") -> str:
     from ..models.detection import get_detector_def, list_detectors
 
@@ -135,15 +129,9 @@ def build_model(task: str, model: str, source: str, settings: Mapping[str, Any])
     if task in ("retinanet", "maskrcnn"):
         from ..models.detection import create_detector
 
-        num_classes = opts.pop("num_classes", None) or 91
-        image_size = opts.pop("image_size", None)
-        names = opts.pop("class_names", None)
-        detector = create_detector(_detector_name(model, task), num_classes=num_classes, image_size=image_size,
-                                   **opts)
-        if names is None and num_classes == 91:
-            names = coco_class_names()
-        detector.config["class_names"] = list(names) if names is not None else None
-        return detector
+        # 91 logits: the official COCO label space, named by COCO's categories (spinenet.constants)
+        num_classes = opts.pop("num_classes", None) or NUM_COCO_LABELS
+        return create_detector(_detector_name(model, task), num_classes=num_classes, **opts)
     if task == "classification":
         from ..models.classification import create_classifier, list_classifiers
 

@@ -28,7 +28,7 @@ anchor overlaps another box more.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import math
 
@@ -40,6 +40,7 @@ from torchvision.ops import batched_nms, box_iou, clip_boxes_to_image, nms
 
 from ..backbone import SpineNet, check_input
 from ..backbones import BACKBONE_OVERRIDES, Table, backbone_from_json, config_to_json, get_model_def, resolve_config
+from ..constants import NUM_COCO_LABELS, coco_class_names
 from .anchors import MultilevelAnchors
 from .atss import DEFAULT_TOPK, anchor_levels, atss_match
 from .base import DenseForward, TaskModel, load_weights, training_overrides
@@ -167,18 +168,84 @@ def select_detections(boxes: torch.Tensor, scores: torch.Tensor, score_thresh: f
     return cand_boxes[keep], cand[keep], cls_idx[keep] + label_offset
 
 
+def _class_names(names: Sequence[str] | None, num_classes: int, what: str) -> list[str] | None:
+    if names is None:
+        return None
+    if isinstance(names, str) or not isinstance(names, Sequence):
+        raise ValueError(f"{what}: class_names must be a list of {num_classes} names, got {names!r}")
+    if len(names) != num_classes:
+        raise ValueError(f"{what}: class_names has {len(names)} entries but num_classes is {num_classes} (one name "
+                         "per label, the background label 0 included)")
+    return [str(n) for n in names]
+
+
+def _category_ids(ids: Sequence[int] | None, num_classes: int, what: str) -> list[int] | None:
+    """``ids`` as a list, or ``None`` when there are none or label ``k`` is id ``k`` (nothing to map)."""
+    if ids is None:
+        return None
+    if (isinstance(ids, str) or not isinstance(ids, Sequence)
+            or any(isinstance(i, bool) or not isinstance(i, int) for i in ids)):
+        raise ValueError(f"{what}: category_ids must be a list of {num_classes} integers, got {ids!r}")
+    if len(ids) != num_classes or len(set(ids)) != len(ids):
+        raise ValueError(f"{what}: category_ids must hold {num_classes} distinct ids (one per label, the background "
+                         f"label 0 included), got {len(ids)} ({len(set(ids))} distinct)")
+    return None if list(ids) == list(range(num_classes)) else [int(i) for i in ids]
+
+
+def detector_classes(num_classes: int, class_names: Sequence[str] | None, category_ids: Sequence[int] | None,
+                     what: str) -> dict[str, Any]:
+    """A detector configuration's ``class_names`` and ``category_ids``: one entry per label, the unused label 0
+    included (a detection data set's ``classes`` and ``category_ids``). Without names, the official 91 labels
+    get COCO's (label = COCO category id, :func:`spinenet.constants.coco_class_names`) and any other count
+    ``None`` (labels named by their ids). ``category_ids`` is ``None`` when label ``k`` is category id ``k``
+    (COCO's 91-id space, the built-in sets), else the data set's ids (a COCO file's 80 labels map to ids with
+    gaps)."""
+    if class_names is None and num_classes == NUM_COCO_LABELS:
+        class_names = coco_class_names()
+    return {"class_names": _class_names(class_names, num_classes, what),
+            "category_ids": _category_ids(category_ids, num_classes, what)}
+
+
+def saved_classes(config: Mapping[str, Any], what: str) -> dict[str, Any]:
+    """The ``class_names`` and ``category_ids`` of a saved detector configuration, checked against its
+    ``num_classes``; ``None`` where the configuration has none (files written before detectors carried them)."""
+    return {"class_names": _class_names(config.get("class_names"), config["num_classes"], what),
+            "category_ids": _category_ids(config.get("category_ids"), config["num_classes"], what)}
+
+
 def resize_and_reclass(config: dict[str, Any], image_size: int | None, num_classes: int | None,
-                       reinit_prefixes: tuple[str, ...]) -> tuple[str, ...]:
-    """Apply another input size and/or class count to a saved detector configuration (the class names go with
-    the old count); returns the parameter prefixes to re-initialise (``reinit_prefixes`` when the count
-    changes, else none)."""
+                       reinit_prefixes: tuple[str, ...], class_names: Sequence[str] | None = None,
+                       category_ids: Sequence[int] | None = None) -> tuple[str, ...]:
+    """Apply another input size, class count, class names and/or category ids to a saved detector
+    configuration (the saved names and ids go with the old count); returns the parameter prefixes to
+    re-initialise (``reinit_prefixes`` when the count changes, else none)."""
     if image_size is not None:
         config["image_size"] = image_size
-    if num_classes is None or num_classes == config["num_classes"]:
-        return ()
-    config["num_classes"] = num_classes
-    config.pop("class_names", None)
-    return reinit_prefixes
+    reinit: tuple[str, ...] = ()
+    if num_classes is not None and num_classes != config["num_classes"]:
+        config.update(num_classes=num_classes, class_names=None, category_ids=None)
+        reinit = reinit_prefixes
+    if class_names is not None:
+        config["class_names"] = _class_names(class_names, config["num_classes"], "detector")
+    if category_ids is not None:
+        config["category_ids"] = _category_ids(category_ids, config["num_classes"], "detector")
+    return reinit
+
+
+class DetectorLabels:
+    """What a detector's labels stand for, read from its configuration (:func:`detector_classes`)."""
+
+    config: dict[str, Any]
+
+    @property
+    def class_names(self) -> list[str] | None:
+        """The name of each label (label 0 included), ``None`` when the configuration names none."""
+        return self.config.get("class_names")
+
+    @property
+    def category_ids(self) -> list[int] | None:
+        """The data set's category id of each label, ``None`` when label ``k`` is id ``k``."""
+        return self.config.get("category_ids")
 
 
 class _Transform(GeneralizedRCNNTransform):
@@ -194,7 +261,7 @@ class _Transform(GeneralizedRCNNTransform):
         return result
 
 
-class SpineNetRetinaNet(TaskModel, RetinaNet):
+class SpineNetRetinaNet(TaskModel, DetectorLabels, RetinaNet):
     """torchvision ``RetinaNet`` with SpineNet P3-P7, official anchors, box coding, loss and post-processing.
 
     Build it with :func:`create_detector`. ``config`` is the JSON-serialisable description that
@@ -281,10 +348,12 @@ class SpineNetRetinaNet(TaskModel, RetinaNet):
 
     @classmethod
     def config_for_weights(cls, saved: Mapping[str, Any], *, num_classes: int | None = None,
-                           image_size: int | None = None, **overrides: Any) -> tuple[dict[str, Any], tuple[str, ...]]:
+                           image_size: int | None = None, class_names: Sequence[str] | None = None,
+                           category_ids: Sequence[int] | None = None,
+                           **overrides: Any) -> tuple[dict[str, Any], tuple[str, ...]]:
         """A saved detector with other post-processing, loss or matching settings, input size, training-only
-        backbone settings, or another ``num_classes`` (the class predictor is re-initialised); the head geometry
-        must be the saved one."""
+        backbone settings, class names or category ids, or another ``num_classes`` (the class predictor is
+        re-initialised); the head geometry must be the saved one."""
         config = cls.migrate_config(saved)
         saved_head = {"head_convs": config["head"]["num_convs"], "head_width": config["head"]["num_filters"],
                       "anchor_size": config["anchors"]["anchor_size"]}
@@ -300,7 +369,8 @@ class SpineNetRetinaNet(TaskModel, RetinaNet):
             raise ValueError(f"unknown setting(s) {sorted(unknown)} for a RetinaNet; known: "
                              f"{sorted(DETECTOR_OVERRIDES)} and the backbone's")
         training_overrides(config, overrides, "head")
-        return config, resize_and_reclass(config, image_size, num_classes, cls.reinit_on_num_classes)
+        return config, resize_and_reclass(config, image_size, num_classes, cls.reinit_on_num_classes, class_names,
+                                          category_ids)
 
     def export_module(self, size: tuple[int, int], *, pre_nms_top_k: int = 1000, **options: Any) -> nn.Module:
         """Boxes, scores and labels for ``detections_per_img`` detections at a fixed size (:class:`DetectorExport`).
@@ -395,16 +465,19 @@ def detector_backbone_config(name: str, backbone: str, backbone_opts: dict, dete
 
 
 def create_detector(name: str, *, num_classes: int | None = None, image_size: int | None = None,
+                    class_names: Sequence[str] | None = None, category_ids: Sequence[int] | None = None,
                     weights: str | None = None, **overrides: Any) -> SpineNetRetinaNet:
     """Build a registered SpineNet RetinaNet (paper section 4.1; table :data:`list_detectors`).
 
     ``num_classes`` counts logits including the unused label 0 (torchvision's convention; COCO's 91-id space
     gives 91, as the official configs). ``image_size`` is the long side images are resized to (default: the
-    row's 640 / 1024 / 1280 / 384 / 256). ``overrides``: detector-level ``head_convs``, ``head_width``,
-    ``anchor_size``, ``score_thresh``, ``nms_thresh``, ``detections_per_img``, ``topk_candidates``,
-    ``box_decoding`` (``"standard"``, or ``"tf1"`` for TF1-trained weights, :mod:`.tf1_boxes`),
-    ``focal_alpha``, ``focal_gamma``, ``huber_delta``, ``box_loss_weight``, ``matcher`` (``"iou"``, the official
-    rule, or ``"atss"``, :mod:`.atss`), ``atss_topk``; everything else goes to
+    row's 640 / 1024 / 1280 / 384 / 256). ``class_names`` names each label, label 0 included (a data set's
+    ``classes``; default: COCO's for 91 labels, else none); ``category_ids`` gives each label's category id in
+    the data set (default: the label itself; :func:`detector_classes`). ``overrides``: detector-level
+    ``head_convs``, ``head_width``, ``anchor_size``, ``score_thresh``, ``nms_thresh``, ``detections_per_img``,
+    ``topk_candidates``, ``box_decoding`` (``"standard"``, or ``"tf1"`` for TF1-trained weights,
+    :mod:`.tf1_boxes`), ``focal_alpha``, ``focal_gamma``, ``huber_delta``, ``box_loss_weight``, ``matcher``
+    (``"iou"``, the official rule, or ``"atss"``, :mod:`.atss`), ``atss_topk``; everything else goes to
     :func:`spinenet.create_model` for the backbone (``flavor``, ``activation``, ``filter_size_scale``,
     ``endpoints_num_filters``, ``bn_eps``, ``stochastic_depth_rate``, ...). The head uses the backbone's
     activation and BN settings, as the official configs do.
@@ -418,13 +491,15 @@ def create_detector(name: str, *, num_classes: int | None = None, image_size: in
     builder, which takes the same ``num_classes`` / ``image_size`` and its own overrides.
     """
     if weights is not None:
-        return load_weights(name, weights, num_classes=num_classes, image_size=image_size, **overrides)
+        return load_weights(name, weights, num_classes=num_classes, image_size=image_size, class_names=class_names,
+                            category_ids=category_ids, **overrides)
     if num_classes is None:
-        num_classes = 91
+        num_classes = NUM_COCO_LABELS
     defn = get_detector_def(name)
     family = _FAMILIES.get(type(defn))
     if family is not None:  # e.g. maskrcnn_* rows (models/maskrcnn.py)
-        return family.create(defn, num_classes=num_classes, image_size=image_size, weights=weights, **overrides)
+        return family.create(defn, num_classes=num_classes, image_size=image_size, class_names=class_names,
+                             category_ids=category_ids, weights=weights, **overrides)
     num_classes = _positive_int(num_classes, f"create_detector({name!r}): num_classes")
     if num_classes < 2:
         raise ValueError(f"create_detector({name!r}): num_classes counts the unused label 0, so it must be >= 2")
@@ -437,6 +512,7 @@ def create_detector(name: str, *, num_classes: int | None = None, image_size: in
         "format": DETECTOR_FORMAT,
         "name": name,
         "num_classes": num_classes,
+        **detector_classes(num_classes, class_names, category_ids, f"create_detector({name!r})"),
         "image_size": image_size,
         "backbone": config_to_json(backbone_cfg),
         "head": {"num_convs": detector_opts.get("head_convs", defn.head_convs),
@@ -481,5 +557,6 @@ def create_detector_from_config(config: Mapping[str, Any]) -> SpineNetRetinaNet:
                          head_cfg["separable"], head_cfg["activation"], head_cfg["bn_eps"], head_cfg["bn_momentum"])
     # configs written before the matcher was selectable have no "matching" entry: the official IoU rule
     matching = {**MATCHING_DEFAULTS, **config.get("matching", {})}
+    full = {**config, **saved_classes(config, "detector config")}
     return SpineNetRetinaNet(backbone, head, anchors, config["num_classes"], config["image_size"],
-                             **config["postprocess"], **config["loss"], **matching, config=dict(config))
+                             **config["postprocess"], **config["loss"], **matching, config=full)

@@ -45,7 +45,7 @@ import copy
 import math
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -60,8 +60,8 @@ from ..layers.fuse import fold_batchnorm
 from ..layers.ops import ConvNormAct, get_activation, make_norm
 from .anchors import MultilevelAnchors
 from .base import DenseForward, TaskModel, load_weights, training_overrides
-from .detection import ASPECT_RATIOS, _positive_int, _Transform, detector_backbone_config, register_detector, \
-    register_detector_family, resize_and_reclass
+from .detection import ASPECT_RATIOS, DetectorLabels, _positive_int, _Transform, detector_backbone_config, \
+    detector_classes, register_detector, register_detector_family, resize_and_reclass, saved_classes
 from .tf1_boxes import check_box_decoding, use_tf1_decoding
 
 MASKRCNN_FORMAT = "spinenet-maskrcnn/1"
@@ -224,7 +224,7 @@ class MaskPredictor(nn.Sequential):
                                       ("act", get_activation(activation)), ("mask_fcn_logits", logits)]))
 
 
-class SpineNetMaskRCNN(TaskModel, MaskRCNN):
+class SpineNetMaskRCNN(TaskModel, DetectorLabels, MaskRCNN):
     """torchvision ``MaskRCNN`` with SpineNet P3-P7 (or P2-P7), official anchors and BN heads.
 
     Build it with :func:`spinenet.models.create_detector` (``maskrcnn_*`` names). ``config`` is the
@@ -291,10 +291,12 @@ class SpineNetMaskRCNN(TaskModel, MaskRCNN):
 
     @classmethod
     def config_for_weights(cls, saved: Mapping[str, Any], *, num_classes: int | None = None,
-                           image_size: int | None = None, **overrides: Any) -> tuple[dict[str, Any], tuple[str, ...]]:
+                           image_size: int | None = None, class_names: Sequence[str] | None = None,
+                           category_ids: Sequence[int] | None = None,
+                           **overrides: Any) -> tuple[dict[str, Any], tuple[str, ...]]:
         """A saved Mask R-CNN with other RPN / RoI settings (:data:`MASKRCNN_DEFAULTS`), input size, training-only
-        backbone settings, or another ``num_classes`` (box and mask predictors re-initialised); the head geometry
-        must be the saved one."""
+        backbone settings, class names or category ids, or another ``num_classes`` (box and mask predictors
+        re-initialised); the head geometry must be the saved one."""
         config = cls.migrate_config(saved)
         heads = config["heads"]
         saved_geometry = {**{f: heads[f] for f in HEAD_FIELDS}, "anchor_size": config["anchors"]["anchor_size"]}
@@ -310,7 +312,8 @@ class SpineNetMaskRCNN(TaskModel, MaskRCNN):
                              f"{sorted(MASKRCNN_OVERRIDES)} and the backbone's")
         config["settings"].update({k: v for k, v in overrides.items() if k in MASKRCNN_DEFAULTS})
         training_overrides(config, overrides, "heads")
-        return config, resize_and_reclass(config, image_size, num_classes, cls.reinit_on_num_classes)
+        return config, resize_and_reclass(config, image_size, num_classes, cls.reinit_on_num_classes, class_names,
+                                          category_ids)
 
     def export_module(self, size: tuple[int, int], **options: Any) -> nn.Module:
         """Boxes, scores, labels and masks for ``box_detections_per_img`` detections at a fixed size
@@ -499,8 +502,10 @@ def _count(value: Any, what: str) -> int:
 
 
 def create_maskrcnn(defn: MaskRCNNDef, *, num_classes: int = 91, image_size: int | None = None,
+                    class_names: Sequence[str] | None = None, category_ids: Sequence[int] | None = None,
                     weights: str | None = None, **overrides: Any) -> SpineNetMaskRCNN:
-    """Build a registered SpineNet Mask R-CNN (called by :func:`spinenet.models.create_detector`).
+    """Build a registered SpineNet Mask R-CNN (called by :func:`spinenet.models.create_detector`, which documents
+    ``num_classes``, ``image_size``, ``class_names`` and ``category_ids``).
 
     ``overrides``: head geometry (``rpn_convs``, ``rpn_width``, ``box_convs``, ``box_width``, ``box_fcs``,
     ``box_fc_dim``, ``mask_convs``, ``mask_width``, or ``head_width`` for the three conv widths),
@@ -509,7 +514,8 @@ def create_maskrcnn(defn: MaskRCNNDef, *, num_classes: int = 91, image_size: int
     """
     name = defn.name
     if weights is not None:  # a `spinenet convert --task maskrcnn` file (or any file's backbone)
-        return load_weights(name, weights, num_classes=num_classes, image_size=image_size, **overrides)
+        return load_weights(name, weights, num_classes=num_classes, image_size=image_size, class_names=class_names,
+                            category_ids=category_ids, **overrides)
     num_classes = _positive_int(num_classes, f"create_detector({name!r}): num_classes")
     if num_classes < 2:
         raise ValueError(f"create_detector({name!r}): num_classes counts the background label 0, so it must be >= 2")
@@ -525,6 +531,7 @@ def create_maskrcnn(defn: MaskRCNNDef, *, num_classes: int = 91, image_size: int
         "format": MASKRCNN_FORMAT,
         "name": name,
         "num_classes": num_classes,
+        **detector_classes(num_classes, class_names, category_ids, f"create_detector({name!r})"),
         "image_size": image_size,
         "backbone": config_to_json(backbone_cfg),
         "heads": {**{k: _count(v, k) if k.endswith(("_convs", "_fcs")) else _positive_int(v, k)
@@ -561,8 +568,9 @@ def create_maskrcnn_from_config(config: Mapping[str, Any]) -> SpineNetMaskRCNN:
                        len(anchors.levels), *norm)
     box_head = BoxHead(backbone.out_channels, h["box_convs"], h["box_width"], h["box_fcs"], h["box_fc_dim"], *norm)
     mask_head = MaskHead(backbone.out_channels, h["mask_convs"], h["mask_width"], *norm)
+    full = {**config, **saved_classes(config, "Mask R-CNN config")}
     return SpineNetMaskRCNN(backbone, anchors, rpn_head, box_head, mask_head, config["num_classes"],
-                            config["image_size"], h["mask_width"], *norm, config=dict(config), **config["settings"])
+                            config["image_size"], h["mask_width"], *norm, config=full, **config["settings"])
 
 
 register_detector_family(MaskRCNNDef, MASKRCNN_FORMAT, create_maskrcnn, create_maskrcnn_from_config)

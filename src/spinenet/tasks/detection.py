@@ -136,7 +136,9 @@ class DetectionTask:
         from ..models import create_detector
 
         overrides = recipe.model_overrides()  # ``model.<field>=value`` included
+        # the data set's class names and category ids travel in the model configuration (weights files too)
         return create_detector(self.model_name, num_classes=len(train_set.classes), image_size=recipe.data.image_size,
+                               class_names=list(train_set.classes), category_ids=list(train_set.category_ids),
                                **overrides)
 
     def loss(self, model: nn.Module, batch: Any, device: torch.device) -> dict[str, torch.Tensor]:

@@ -10,8 +10,10 @@ predicts and draws (:class:`InferenceTask`). The CLI only parses arguments and p
 :func:`load_trained` also takes a ``spinenet-weights/1`` file (``spinenet convert``, :func:`spinenet.save_weights`;
 recognised by :func:`is_weights_file`). Such a file holds the model's configuration and weights but no training
 recipe, so evaluation and prediction use :func:`weights_recipe`: the task's recipe defaults with the model's own
-input size, in float32. Its class names are the configuration's (classifiers, segmenters); a file that names none
-(detectors) labels classes by their ids and is checked against a data set by the class count only.
+input size, in float32. Its class names are the configuration's ``class_names`` and, for a detector, its labels'
+category ids the configuration's ``category_ids`` (both written by training and by ``spinenet convert``); a file
+that names no classes (written before detectors carried them, or with a class count that has no names) labels
+classes by their ids and is checked against a data set by the class count only.
 """
 
 from __future__ import annotations
@@ -40,8 +42,8 @@ SOURCES = ("eval and predict take a training checkpoint (checkpoints/final.pt) o
 @dataclass
 class TrainedModel:
     """A checkpoint's trained model on ``device`` in eval mode, with the checkpoint it came from (for a weights
-    file, the entries it stands in for: ``task``, ``model_config``, ``recipe`` and, when the file names them,
-    ``classes``; :func:`load_weights_file`). ``prepare`` transforms the model before it runs (e.g.
+    file, the entries it stands in for: ``task``, ``model_config``, ``recipe`` and, when the file has them,
+    ``classes`` and ``category_ids``; :func:`load_weights_file`). ``prepare`` transforms the model before it runs (e.g.
     :func:`spinenet.optimize_for_inference`; see :meth:`ready`)."""
 
     ckpt: dict[str, Any]
@@ -56,7 +58,8 @@ class TrainedModel:
 
     @property
     def class_names(self) -> list[str] | None:
-        """The class names in label order; ``None`` when the source names none (a detector's weights file)."""
+        """The class names in label order; ``None`` when the source names none (a weights file whose configuration
+        has no ``class_names``)."""
         names = self.ckpt.get("classes")
         return None if names is None else [str(n) for n in names]
 
@@ -68,7 +71,7 @@ class TrainedModel:
     @property
     def category_ids(self) -> list[int]:
         """The data set's category id of each label (detection records); label ``k`` is id ``k`` when the source
-        has no mapping (the 91-id COCO space of converted detectors, for example)."""
+        has no mapping (the 91-id COCO space of converted detectors, the built-in sets, files that predate it)."""
         return [int(c) for c in self.ckpt.get("category_ids") or range(len(self.classes))]
 
     @property
@@ -146,8 +149,9 @@ def weights_recipe(model_task: str, config: dict[str, Any]) -> Recipe:
 def load_weights_file(path: str | os.PathLike[str]) -> tuple[dict[str, Any], nn.Module]:
     """The model of a ``spinenet-weights/1`` file, built by the registry (:func:`spinenet.load_weights`), and the
     checkpoint entries the file stands in for (``task``, ``model_config``, ``recipe``: :func:`weights_recipe`;
-    ``classes`` when the configuration names them). A file that is not a readable spinenet weights file, holds an
-    unknown model or a backbone is a ``ValueError`` naming the file and what to give instead."""
+    ``classes`` and ``category_ids`` when the configuration has ``class_names`` and ``category_ids``). A file that
+    is not a readable spinenet weights file, holds an unknown model or a backbone is a ``ValueError`` naming the
+    file and what to give instead."""
     from ..registry import load_weights
 
     try:
@@ -161,9 +165,11 @@ def load_weights_file(path: str | os.PathLike[str]) -> tuple[dict[str, Any], nn.
     config = model.to_config()
     ckpt: dict[str, Any] = {"task": RECIPE_TASKS[model.task], "model_config": config,
                             "recipe": weights_recipe(model.task, config).to_dict()}
-    names = config.get("class_names")
+    names, ids = config.get("class_names"), config.get("category_ids")
     if names and len(names) == config.get("num_classes"):
         ckpt["classes"] = [str(n) for n in names]
+    if ids and len(ids) == config.get("num_classes"):
+        ckpt["category_ids"] = [int(i) for i in ids]
     return ckpt, model
 
 
