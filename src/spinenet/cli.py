@@ -8,6 +8,8 @@ import os
 import sys
 from typing import Sequence
 
+from .constants import RECIPE_TASKS
+
 
 def parse_size(text: str) -> tuple[int, int]:
     """``640`` -> (640, 640); ``512x768`` -> (512, 768) as (height, width)."""
@@ -22,10 +24,9 @@ def parse_size(text: str) -> tuple[int, int]:
     return parts[0], parts[1]
 
 
-# the registry's task names and the engine task that trains, evaluates and reads data for them (detection covers
-# both detectors): `train --task`, `list --datasets --task`
-TRAIN_TASKS = {"retinanet": "detection", "maskrcnn": "detection", "detection": "detection",
-               "classification": "classification", "segmentation": "segmentation"}
+# the registry's task names and the engine task that trains, evaluates and reads data for them, plus detection
+# (both detectors): `train --task`, `list --datasets --task`
+TRAIN_TASKS = {**RECIPE_TASKS, "detection": "detection"}
 
 
 CHECKPOINT_HELP = ("a training checkpoint (RUN/checkpoints/final.pt) or a spinenet-weights/1 .safetensors file "

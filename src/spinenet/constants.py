@@ -1,5 +1,5 @@
-"""Constants every layer may read: the ImageNet input statistics and class names (spec 3.13, 7.3), and the COCO
-label names of the official detectors.
+"""Constants every layer may read: the ImageNet input statistics and class names (spec 3.13, 7.3), the COCO
+label names of the official detectors, and which engine task serves each registry task.
 
 The official TF1 SpineNet classifiers predict 1001 logits: index 0 is an unused "background" class and index
 ``k`` (1..1000) is ImageNet class ``k - 1`` in the standard synset order (the order of the ILSVRC-2012 devkit
@@ -22,6 +22,10 @@ from functools import lru_cache
 NUM_IMAGENET_CLASSES = 1000
 BACKGROUND_NAME = "background"
 NUM_COCO_LABELS = 91  # the official detectors' logits: COCO category ids 0..90, 0 = background
+
+# The engine task (recipes, training, evaluation, data) of each task model the registry names.
+RECIPE_TASKS = {"retinanet": "detection", "maskrcnn": "detection", "classification": "classification",
+                "segmentation": "segmentation"}
 
 # ImageNet RGB mean / std on [0, 1] inputs: the normalisation every SpineNet model applies (spec 7.3).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

@@ -26,15 +26,13 @@ from typing import Any, Callable, ClassVar, Protocol, Sequence
 import torch
 from torch import nn
 
+from ..constants import RECIPE_TASKS
 from ..engine.config import Recipe
 from ..files import write_json
 
 Prepare = Callable[[nn.Module], nn.Module]
 
 
-# The recipe task (a checkpoint's ``task``) that trains, evaluates and reads data for each registry task.
-RECIPE_TASKS = {"retinanet": "detection", "maskrcnn": "detection", "classification": "classification",
-                "segmentation": "segmentation"}
 SOURCES = ("eval and predict take a training checkpoint (checkpoints/final.pt) or a spinenet-weights/1 file "
            "(written by `spinenet convert` or spinenet.save_weights)")
 
