@@ -91,7 +91,7 @@ def test_keep_labels_drops_the_detections_of_other_labels_with_their_masks():
 # ------------------------------------------------------------------------------------------ spinenet eval
 def _coco_file(root, ids: dict[int, str], name: str) -> str:
     """A COCO annotation file of the packaged SOAP tile, its tree crowns labelled with ``ids``' categories in
-    turn (only the file format matters here, not what the boxes show)."""
+    turn (only the file format matters here, not what the boxes show); each crown's mask is its box."""
     soap = trees_dataset("soap")
     _, target = soap[0]
     images = root / "images"
@@ -101,7 +101,8 @@ def _coco_file(root, ids: dict[int, str], name: str) -> str:
     data = {"images": [{"id": 1, "file_name": "soap.png", "width": 400, "height": 400}],
             "categories": [{"id": cid, "name": n, "supercategory": "thing"} for cid, n in ids.items()],
             "annotations": [{"id": k + 1, "image_id": 1, "category_id": cats[k % len(cats)], "iscrowd": 0,
-                             "bbox": [x0, y0, x1 - x0, y1 - y0], "area": (x1 - x0) * (y1 - y0)}
+                             "bbox": [x0, y0, x1 - x0, y1 - y0], "area": (x1 - x0) * (y1 - y0),
+                             "segmentation": [[x0, y0, x1, y0, x1, y1, x0, y1]]}
                             for k, (x0, y0, x1, y1) in enumerate(target["boxes"].tolist())]}
     path = root / name
     path.write_text(json.dumps(data))
@@ -157,3 +158,27 @@ def test_eval_refuses_categories_the_detector_cannot_predict(coco_detector, tmp_
         assert len(lines) == 1 and ": error: " in lines[0] and data in lines[0], err[-2000:]
         for needle in needles:
             assert needle in lines[0], (needle, lines[0])
+
+
+def test_mask_rcnn_eval_scores_boxes_and_masks_of_the_matched_labels_only(tmp_path, capsys):
+    """A tiny 91-label Mask R-CNN whose box classifier favours labels 13 (stop sign) and 50 (spoon): box and mask
+    AP on a COCO file of person and stop sign, the spoons' detections and masks dropped."""
+    torch.manual_seed(0)
+    model = spinenet.create_model("maskrcnn_spinenet49s", image_size=128, **TINY)
+    with torch.no_grad():
+        predictor = model.roi_heads.box_predictor.cls_score
+        predictor.bias[[1, 13, 50]] = torch.tensor([4.0, 4.0, 4.3])
+        predictor.weight[[1, 13, 50]] = torch.randn(3, predictor.weight.shape[1])
+    weights = spinenet.save_weights(model, tmp_path / "maskrcnn_coco.safetensors")
+    data = _coco_file(tmp_path, {1: "person", 13: "stop sign"}, "instances_val.json")
+    code, out, err = run(capsys, "eval", "--checkpoint", str(weights), "--data", data, "--out",
+                         str(tmp_path / "results.json"), "--device", "cpu")
+    assert code == 0, err[-2000:]
+    lines = out.splitlines()
+    assert lines[0].startswith("evaluating 2 of the model's 90 classes matched by category id; dropped ")
+    assert int(lines[0].split("dropped ")[1].split()[0]) > 0
+    assert lines[1].startswith("AP ") and lines[2].startswith("mask_AP ")
+    results = json.loads((tmp_path / "results.json").read_text())
+    found = {r["category_id"] for r in results}
+    assert 13 in found and found <= {1, 13}
+    assert all("counts" in r["segmentation"] for r in results)
