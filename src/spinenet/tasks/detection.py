@@ -4,6 +4,7 @@ evaluation, predictions and drawings from a checkpoint."""
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -164,22 +165,37 @@ class DetectionTask:
                             image_size: int | None = None, classes: str | None = None) -> EvalResult:
         """COCO box AP (and mask AP for Mask R-CNN on a set with instance masks) of a detector on ``data`` at the
         long side ``image_size`` (default: its recipe's ``eval.image_size``, else its training size); with
-        ``out``, the COCO results JSON there. ``classes``: a class mode of the built-in sets (``dead_alive``)."""
+        ``out``, the COCO results JSON there. ``classes``: a class mode of the built-in sets (``dead_alive``).
+
+        A model that names its classes, on a data set with another number of classes, is scored on the data set's
+        categories matched to its labels (:func:`match_categories`; e.g. Google's 91-label COCO detectors on a COCO
+        file's 80 categories): the detections of its other labels are dropped, and the first line says so."""
         from ..data import dataset_from_path
         from ..metrics import predictions_to_coco_results, save_results_json
 
         model = trained.ready()
         dataset = dataset_from_path(data, **({"classes": classes} if classes else {}))
-        trained.check_classes(dataset.classes, data)
+        match = None
+        if trained.class_names is not None and len(trained.class_names) != len(dataset.classes):
+            match = _match_dataset(trained, dataset, data)
+        else:
+            trained.check_classes(dataset.classes, data)
         with inference_size(model, image_size or eval_image_size(trained.recipe)):
             predictions = predict_dataset(model, dataset, trained.device)
-        metrics = evaluate_predictions(predictions, dataset)
-        lines = ["  ".join(f"{k} {metrics[k]:.4f}" for k in DETECTION_METRICS)]
+        lines = []
+        label_to_category: dict[int, int] | list[int] = dataset.category_ids
+        if match is not None:  # only the labels of the data set's categories are scored
+            predictions, dropped = _keep_labels(predictions, match.label_to_category)
+            label_to_category, total = match.label_to_category, len(trained.classes) - 1
+            lines.append(f"evaluating {len(label_to_category)} of the model's {total} classes matched by {match.by}; "
+                         f"dropped {dropped} detection(s) of its other {total - len(label_to_category)} classes")
+        metrics = evaluate_predictions(predictions, dataset, label_to_category)
+        lines.append("  ".join(f"{k} {metrics[k]:.4f}" for k in DETECTION_METRICS))
         if "mask_AP" in metrics:  # Mask R-CNN on a set with instance masks: COCO segm metrics
             lines.append("  ".join(f"{k} {metrics[k]:.4f}" for k in MASK_METRICS))
         if out:
             ids = list(predictions)
-            results = predictions_to_coco_results([predictions[i] for i in ids], ids, dataset.category_ids)
+            results = predictions_to_coco_results([predictions[i] for i in ids], ids, label_to_category)
             save_results_json(out, results)
             lines.append(f"wrote {len(results)} detections to {out}")
         return EvalResult(metrics, lines)
@@ -274,15 +290,131 @@ def predict_dataset(model: nn.Module, dataset: Dataset, device: torch.device, ba
     return out
 
 
-def evaluate_predictions(predictions: dict[int, dict], dataset: Dataset) -> dict[str, float]:
+def evaluate_predictions(predictions: dict[int, dict], dataset: Dataset,
+                         label_to_category: dict[int, int] | Sequence[int] | None = None) -> dict[str, float]:
+    """COCO box AP (and mask AP when both the predictions and the ground truth have masks) of ``predictions``
+    (:func:`predict_dataset`) on ``dataset``; ``label_to_category``: each predicted label's category id in the
+    data set (default: the data set's own ``category_ids``, a model trained on its classes)."""
     from ..metrics import evaluate_coco
 
     gt = dataset.to_coco()
-    metrics = evaluate_coco(predictions, gt, dataset.category_ids)
+    if label_to_category is None:
+        label_to_category = dataset.category_ids
+    metrics = evaluate_coco(predictions, gt, label_to_category)
     out = {k: float(metrics[k]) for k in DETECTION_METRICS}
     # mask AP when the model predicts masks and the ground truth has them (a boxes-only set gets box AP only)
     if (predictions and all("segmentation" in p for p in predictions.values())
             and gt["annotations"] and all("segmentation" in a for a in gt["annotations"])):
-        segm = evaluate_coco(predictions, gt, dataset.category_ids, iou_type="segm")
+        segm = evaluate_coco(predictions, gt, label_to_category, iou_type="segm")
         out.update({f"mask_{k}": float(segm[k]) for k in DETECTION_METRICS})
     return out
+
+
+# ------------------------------------------------------------------------------------------ matching classes
+@dataclass(frozen=True)
+class CategoryMatch:
+    """The model labels that stand for a data set's categories: ``label_to_category`` maps each matched label to
+    its category id in the data set; ``by`` says how they were matched (``"category id"`` or ``"name"``)."""
+
+    label_to_category: dict[int, int]
+    by: str
+
+
+def _name_key(name: str) -> str:
+    """A class name compared case-insensitively, runs of white space as one space."""
+    return " ".join(str(name).split()).casefold()
+
+
+def match_categories(categories: Sequence[tuple[int, str]], model_names: Sequence[str],
+                     model_ids: Sequence[int] | None = None, *, data: str = "the data set",
+                     source: str = "the model") -> CategoryMatch:
+    """Which label of a detector predicts each of a data set's ``categories`` (``(category id, name)`` pairs,
+    background excluded), so that a detector can be evaluated on a data set with fewer or other classes than its
+    own: Google's 91-label COCO detectors on a COCO annotation file's 80 categories, for one.
+
+    ``model_names`` names every label, label 0 (the background) included; ``model_ids`` gives each label's
+    category id when the model's ids and the data set's are one id space (COCO's), else ``None``.
+
+    * **By category id** when ``model_ids`` holds every category's id. Each category's name must then be its
+      label's (case-insensitive): another name at the same id is a ``ValueError`` naming both, as the file's ids
+      would then mean other classes than the model's.
+    * **By name** (case-insensitive) otherwise. A category whose name no label has is a ``ValueError`` naming the
+      unmatched categories and what to do; so is a name that several labels share or two categories that match
+      one label.
+
+    Labels that no category matches are left out of ``label_to_category``: their predictions have no ground truth
+    to be scored against."""
+    cats = [(int(cid), str(name)) for cid, name in categories]
+    names = [str(n) for n in model_names]
+    if model_ids is not None:
+        label_of_id = {int(cid): label for label, cid in enumerate(model_ids) if label > 0}
+        if all(cid in label_of_id for cid, _ in cats):
+            differ = [f"id {cid} is {name!r} in {data} but {names[label_of_id[cid]]!r} in {source}"
+                      for cid, name in cats if _name_key(name) != _name_key(names[label_of_id[cid]])]
+            if differ:
+                more = f" and {len(differ) - 3} more" if len(differ) > 3 else ""
+                raise ValueError(f"category {'; '.join(differ[:3])}{more}: an id names another class in the data "
+                                 "than in the model; number the categories as the model does (COCO's ids for "
+                                 "Google's detectors), or give them ids the model does not use to match by name")
+            return CategoryMatch({label_of_id[cid]: cid for cid, _ in cats}, "category id")
+
+    labels_of_name: dict[str, list[int]] = {}
+    for label, name in enumerate(names[1:], start=1):
+        labels_of_name.setdefault(_name_key(name), []).append(label)
+    missing = [f"{name!r} (id {cid})" for cid, name in cats if _name_key(name) not in labels_of_name]
+    if missing:
+        known = list(dict.fromkeys(names[1:]))
+        shown = ", ".join(repr(n) for n in known[:12]) + (f" and {len(known) - 12} more" if len(known) > 12 else "")
+        more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+        raise ValueError(f"{data} has categories that no class of the model in {source} matches by id or name: "
+                         f"{', '.join(missing[:5])}{more} (the model's classes: {shown}); evaluate on data whose "
+                         f"categories are among the model's (remove or rename those), or train a model for them")
+    mapping: dict[int, int] = {}
+    for cid, name in cats:
+        labels = labels_of_name[_name_key(name)]
+        if len(labels) > 1:
+            raise ValueError(f"category {name!r} (id {cid}) of {data} names {len(labels)} labels of the model in "
+                             f"{source} ({labels}); match by category id, or give the model distinct class names")
+        if labels[0] in mapping:
+            raise ValueError(f"categories {mapping[labels[0]]} and {cid} of {data} both match the model's class "
+                             f"{names[labels[0]]!r}; give each category its own name")
+        mapping[labels[0]] = cid
+    return CategoryMatch(mapping, "name")
+
+
+def _has_dataset_ids(trained: TrainedModel) -> bool:
+    """Whether a detector's labels carry a data set's category ids rather than being numbered ``1..C``: the
+    91-label COCO space of Google's detectors (label ``k`` = COCO id ``k``, named COCO's way), or the ids of the
+    COCO file a model was trained on when they are not its labels."""
+    from ..constants import coco_class_names
+
+    ids = trained.category_ids
+    return ids != list(range(len(ids))) or (trained.class_names == coco_class_names())
+
+
+def _match_dataset(trained: TrainedModel, dataset: Any, data: str) -> CategoryMatch:
+    """:func:`match_categories` of a detector and a detection data set. Ids are compared only when both sides
+    have category ids of their own: a COCO annotation file (the built-in sets and VOC folders number their
+    classes ``1..C``) and a model whose labels carry ids (:func:`_has_dataset_ids`)."""
+    from ..data.detection import CocoDetection
+
+    categories = list(zip(dataset.category_ids[1:], dataset.classes[1:]))
+    comparable = isinstance(dataset, CocoDetection) and _has_dataset_ids(trained)
+    return match_categories(categories, trained.classes, trained.category_ids if comparable else None,
+                            data=data, source=trained.source)
+
+
+def _keep_labels(predictions: dict[int, dict], labels: Any) -> tuple[dict[int, dict], int]:
+    """``predictions`` (:func:`predict_dataset`) without the detections whose label is not in ``labels``, and how
+    many detections were dropped."""
+    wanted = torch.tensor(sorted(int(label) for label in labels), dtype=torch.long)
+    kept: dict[int, dict] = {}
+    dropped = 0
+    for image_id, pred in predictions.items():
+        keep = torch.isin(pred["labels"].long(), wanted)
+        dropped += int((~keep).sum())
+        flags = keep.tolist()
+        # tensors per detection (boxes, scores, labels) and Mask R-CNN's list of RLEs ("segmentation")
+        kept[image_id] = {key: value[keep] if isinstance(value, torch.Tensor)
+                          else [item for item, flag in zip(value, flags) if flag] for key, value in pred.items()}
+    return kept, dropped
