@@ -123,7 +123,8 @@ class _Base(Experiment):
         return [sweep[seed * len(factors) + k] for k in lr_order for seed in range(n_seeds) for sweep in sweeps]
 
     def summary_table(self, records: dict[str, RunRecord]) -> dict[str, Any]:
-        """Per model and lr: mean and sample sd over seeds of every metric, and the runs' cost."""
+        """Per model and lr: mean and sample sd over seeds of every metric, and the runs' cost (wall time over the
+        runs that finished in one attempt)."""
         groups: dict[str, dict[str, list[float]]] = {}
         for rec in records.values():
             if rec.kind != "train" or rec.status != "done" or not rec.result:
@@ -131,7 +132,9 @@ class _Base(Experiment):
             labels = rec.spec["labels"]
             group = groups.setdefault(f"{labels['model']} lr={labels['lr']:.4g}", {})
             cost = {k: rec.result.get(k) for k in ("params", "backbone_macs", "macs")}
-            for k, v in {**rec.result["metrics"], **cost, "wall_time_s": rec.wall_time}.items():
+            # the journal times the last attempt only: a resumed run's wall time would understate its cost
+            cost["wall_time_s"] = rec.wall_time if rec.attempts == 1 else None
+            for k, v in {**rec.result["metrics"], **cost}.items():
                 if v is not None:
                     group.setdefault(k, []).append(float(v))
         return {g: {k: {"mean": float(np.mean(v)), "sd": float(np.std(v, ddof=1)) if len(v) > 1 else None,
@@ -168,7 +171,8 @@ class _Base(Experiment):
             row = [model, lr, str(n), *(cell(stats.get(m)) for m in metrics), cell(stats.get("params"), 1e6, 2),
                    cell(stats.get("backbone_macs"), 1e9, 2), cell(stats.get("macs"), 1e9, 2), cell(stats.get("wall_time_s"), 60.0, 1)]
             lines.append("| " + " | ".join(row) + " |")
-        return "\n".join(lines) + "\n\nMean ± sample sd over seeds; MACs of the whole model at the recipe's image size.\n"
+        return "\n".join(lines) + ("\n\nMean ± sample sd over seeds; MACs of the whole model at the recipe's image "
+                                   "size; wall time of the runs that finished without an interruption.\n")
 
 
 # --------------------------------------------------------------------------------------------- comparisons
