@@ -245,6 +245,20 @@ def test_trees_comparison_runs_and_resumes_after_an_interruption(tmp_path, monke
     a, b = (int(rows[k]["backbone_macs"]) for k in ("spinenet49s-s0-lr0", "r50-fpn-s0-lr0"))
     assert abs(b / a - 1) <= 0.10
     assert json.loads(rows["r50-fpn-s0-lr0"]["recipe"])["model"]["filter_size_scale"] != 0.1
+    # another experiment that plans the same job (the ablations' "learned" is SpineNet-49S at the recipe's lr)
+    # takes its result instead of training again; its other runs train
+    other = tmp_path / "ablations"
+    ablations = run_experiment(create_experiment("ablations", [0], TINY_TREES + ["orderings=", "damages=both",
+                                                                               f"reuse={tmp_path}"]),
+                               other, progress=False)
+    assert set(ablations) == {"learned-s0-lr0", "no-both-s0-lr0"}
+    learned = ablations["learned-s0-lr0"].result
+    assert learned["reused_from"] == f"{tmp_path}:spinenet49s-s0-lr0"
+    assert learned["metrics"] == records["spinenet49s-s0-lr0"].result["metrics"]
+    assert not (other / "runs" / "learned-s0-lr0").exists() and (other / "runs" / "no-both-s0-lr0").is_dir()
+    reused = {r["run"]: r for r in _rows(other)}
+    assert reused["learned-s0-lr0"]["reused_from"].endswith(":spinenet49s-s0-lr0")
+    assert reused["no-both-s0-lr0"]["reused_from"] == ""
 
 
 def test_fashion_comparison_tiny(tmp_path, one_thread):

@@ -124,7 +124,7 @@ class _Base(Experiment):
 
     def summary_table(self, records: dict[str, RunRecord]) -> dict[str, Any]:
         """Per model and lr: mean and sample sd over seeds of every metric, and the runs' cost (wall time over the
-        runs that finished in one attempt)."""
+        runs that did not resume from a checkpoint)."""
         groups: dict[str, dict[str, list[float]]] = {}
         for rec in records.values():
             if rec.kind != "train" or rec.status != "done" or not rec.result:
@@ -132,8 +132,8 @@ class _Base(Experiment):
             labels = rec.spec["labels"]
             group = groups.setdefault(f"{labels['model']} lr={labels['lr']:.4g}", {})
             cost = {k: rec.result.get(k) for k in ("params", "backbone_macs", "macs")}
-            # the journal times the last attempt only: a resumed run's wall time would understate its cost
-            cost["wall_time_s"] = rec.wall_time if rec.attempts == 1 else None
+            # the journal times the last attempt only: a run resumed from a checkpoint would understate its cost
+            cost["wall_time_s"] = None if rec.result.get("resumed_from_step") else rec.wall_time
             for k, v in {**rec.result["metrics"], **cost}.items():
                 if v is not None:
                     group.setdefault(k, []).append(float(v))

@@ -57,6 +57,7 @@ class Settings:
     and a recipe override (``steps=2``, ``model.head_width=16``) otherwise."""
 
     lr_factors: tuple[float, ...] = (0.5, 1.0, 2.0)  # the learning-rate sweep, as factors of the recipe's lr
+    reuse: tuple[str, ...] = ()  # experiment folders whose finished runs stand in for identical ones (same job)
     mac_tolerance: float = 0.01  # relative MACs tolerance of the width search (the comparison asks for 10%)
     proxy: dict[str, Any] = field(default_factory=dict)  # proxy-task options (``proxy.steps=2``)
 
@@ -217,6 +218,7 @@ def run_experiment(experiment: Experiment, out: str | Path, *, resume: bool = Fa
     out.mkdir(parents=True, exist_ok=True)
     journal = ExperimentJournal(path)
     journal.set_config(_same_experiment(experiment, journal, out, "--resume"))
+    donors = _finished_jobs(experiment.settings.reuse)
     commit = git_commit()
     executed = 0
     try:
@@ -229,6 +231,15 @@ def run_experiment(experiment: Experiment, out: str | Path, *, resume: bool = Fa
             run = pending[0]
             if run.kind not in KINDS:
                 raise ValueError(f"run {run.key}: unknown kind {run.kind!r}")
+            donor = donors.get(json.dumps(run.payload, sort_keys=True)) if run.kind == "train" else None
+            if donor is not None:
+                journal.start(run.key, run.kind, run.spec())
+                journal.finish(run.key, result={**donor[1].result, "reused_from": donor[0]}, error=None,
+                               wall_time=donor[1].wall_time or 0.0, commit=donor[1].commit)
+                if progress:
+                    print(f"[{experiment.name}] {run.key}: the same job finished in {donor[0]}", flush=True)
+                write_outputs(experiment, journal.runs(), out)
+                continue
             attempt = journal.start(run.key, run.kind, run.spec())
             if progress:
                 print(f"[{experiment.name}] {run.key} ({run.kind}, attempt {attempt}; {len(pending)} pending)",
@@ -248,6 +259,26 @@ def run_experiment(experiment: Experiment, out: str | Path, *, resume: bool = Fa
         return records
     finally:
         journal.close()
+
+
+def _finished_jobs(folders: Sequence[str]) -> dict[str, tuple[str, RunRecord]]:
+    """The finished training runs of other experiments (``reuse``), by their job (the run's payload: task, model,
+    data, recipe and overrides, architecture, evaluation sets): a run planned here with the same job takes that
+    result instead of training again (training runs are deterministic for a seed on one device and thread count).
+    The CSV names the run it came from (``reused_from``)."""
+    jobs: dict[str, tuple[str, RunRecord]] = {}
+    for folder in folders:
+        path = Path(folder) / ExperimentJournal.FILE
+        if not path.is_file():
+            raise FileNotFoundError(f"reuse={folder}: no experiment journal at {path}")
+        journal = ExperimentJournal(path)
+        try:
+            for rec in journal.runs().values():
+                if rec.kind == "train" and rec.status == "done" and rec.result:
+                    jobs.setdefault(json.dumps(rec.spec["payload"], sort_keys=True), (f"{folder}:{rec.key}", rec))
+        finally:
+            journal.close()
+    return jobs
 
 
 def _same_experiment(experiment: Experiment, journal: ExperimentJournal, out: Path, flag: str) -> dict[str, Any]:
@@ -282,7 +313,7 @@ def report_experiment(experiment: Experiment, out: str | Path) -> dict[str, RunR
 
 # ------------------------------------------------------------------------------------------------ outputs
 CSV_COLUMNS = ("run", "kind", "status", "model", "arch", "seed", "lr", "params", "backbone_macs", "macs",
-               "wall_time_s", "attempts", "resumed_from_step", "commit")
+               "wall_time_s", "attempts", "resumed_from_step", "reused_from", "commit")
 
 
 def csv_rows(records: dict[str, RunRecord]) -> list[dict[str, Any]]:
@@ -295,6 +326,7 @@ def csv_rows(records: dict[str, RunRecord]) -> list[dict[str, Any]]:
                                "wall_time_s": round(rec.wall_time, 3) if rec.wall_time is not None else "",
                                "attempts": rec.attempts, "commit": rec.commit or "",
                                "resumed_from_step": res.get("resumed_from_step", ""),
+                               "reused_from": res.get("reused_from", ""),
                                **{k: res.get(k, "") for k in ("params", "backbone_macs", "macs")}}
         row.update({k: v for k, v in labels.items()})
         row.update({k: v for k, v in (res.get("metrics") or {}).items()})
