@@ -231,6 +231,14 @@ def test_trees_comparison_runs_and_resumes_after_an_interruption(tmp_path, monke
     assert records["spinenet49s-s0-lr0"].attempts == 1
     assert records["r50-fpn-s0-lr0"].attempts == 2
     assert records["r50-fpn-s0-lr0"].result["resumed_from_step"] == 1
+    # a journal written before a setting existed resumes when the setting is at its default
+    from spinenet.experiments.journal import ExperimentJournal
+
+    journal = ExperimentJournal(tmp_path / ExperimentJournal.FILE)
+    stored = journal.config()
+    del stored["settings"]["reuse"]
+    journal.set_config(stored)
+    journal.close()
     # the command line on the finished folder: nothing left to run, outputs rewritten, exit 0
     from spinenet.cli import main
 

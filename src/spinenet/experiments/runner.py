@@ -286,6 +286,10 @@ def _same_experiment(experiment: Experiment, journal: ExperimentJournal, out: Pa
     config = {"experiment": experiment.name, "seeds": list(experiment.seeds),
               "settings": json.loads(json.dumps(experiment.settings.to_dict())), "overrides": experiment.overrides}
     stored = journal.config()
+    if stored is not None:  # a setting added since the journal was written counts at its default value
+        defaults = json.loads(json.dumps(type(experiment.settings)().to_dict()))
+        stored = {**stored, "settings": {**{k: v for k, v in defaults.items() if k not in stored.get("settings", {})},
+                                         **stored.get("settings", {})}}
     if stored is not None and stored != config:
         diff = [k for k in config if config[k] != stored.get(k)]
         journal.close()
