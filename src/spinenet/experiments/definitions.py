@@ -157,19 +157,19 @@ class _Base(Experiment):
             return ""
         metrics = self.metric_columns(table)
 
-        def cell(stats: dict[str, Any] | None, scale: float = 1.0, digits: int = 3) -> str:
+        def cell(stats: dict[str, Any] | None, scale: float = 1.0, digits: int = 3, spread: bool = True) -> str:
             if not stats:
                 return ""
             mean = f"{stats['mean'] / scale:.{digits}f}"
-            return mean if stats["sd"] is None else f"{mean} ± {stats['sd'] / scale:.{digits}f}"
+            return mean if stats["sd"] is None or not spread else f"{mean} ± {stats['sd'] / scale:.{digits}f}"
 
         head = ["model", "lr", "n", *metrics, "params (M)", "backbone MACs (G)", "MACs (G)", "wall time (min)"]
         lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for group, stats in table.items():
             model, lr = group.rsplit(" lr=", 1)
             n = max(v["n"] for v in stats.values())
-            row = [model, lr, str(n), *(cell(stats.get(m)) for m in metrics), cell(stats.get("params"), 1e6, 2),
-                   cell(stats.get("backbone_macs"), 1e9, 2), cell(stats.get("macs"), 1e9, 2), cell(stats.get("wall_time_s"), 60.0, 1)]
+            row = [model, lr, str(n), *(cell(stats.get(m)) for m in metrics), cell(stats.get("params"), 1e6, 2, False),
+                   cell(stats.get("backbone_macs"), 1e9, 2, False), cell(stats.get("macs"), 1e9, 2, False), cell(stats.get("wall_time_s"), 60.0, 1)]
             lines.append("| " + " | ".join(row) + " |")
         return "\n".join(lines) + ("\n\nMean ± sample sd over seeds; MACs of the whole model at the recipe's image "
                                    "size; wall time of the runs that finished without an interruption.\n")
