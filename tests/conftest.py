@@ -43,13 +43,18 @@ def assert_parity(out: np.ndarray, ref: np.ndarray, name: str, tol: float = 1e-4
     return err / scale
 
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Under pytest-xdist each worker has one core of its own: one torch thread per worker, and the same for the
+    # processes a test starts, so that two workers never share a core between their OpenMP pools.
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
 DEFAULT_THREADS = torch.get_num_threads()
 
 
 @pytest.fixture
 def all_threads():
-    """Torch's default thread count for one test, inside a module that runs on one thread: the larger training
-    runs use both cores."""
+    """Torch's default thread count for one test, inside a module that runs on one thread: run serially, the larger
+    training runs use both cores (under xdist the default is the worker's one thread)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(DEFAULT_THREADS)
     yield
