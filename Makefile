@@ -58,7 +58,8 @@ search-demo: setup
 	$(BIN)/spinenet experiment search-vs-random trials=4 workers=2 search_seeds=0 steps=200 warmup_steps=25 \
 	    eval_every=0 --seeds 0 --out $(SEARCH_DEMO) $$(test -f $(SEARCH_DEMO)/experiment.sqlite && echo --resume)
 
-# One pytest-xdist worker per core, each on one torch thread (tests/conftest.py); TEST_WORKERS=0 runs serially.
+# Two pytest-xdist workers (one per core of a 2-core machine), each on one torch thread (tests/conftest.py);
+# TEST_WORKERS=0 runs serially.
 TEST_WORKERS ?= 2
 test: setup
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist worksteal

@@ -48,13 +48,14 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     # processes a test starts, so that two workers never share a core between their OpenMP pools.
     os.environ["OMP_NUM_THREADS"] = "1"
     torch.set_num_threads(1)
+
 DEFAULT_THREADS = torch.get_num_threads()
 
 
 @pytest.fixture
 def all_threads():
     """Torch's default thread count for one test, inside a module that runs on one thread: run serially, the larger
-    training runs use both cores (under xdist the default is the worker's one thread)."""
+    training runs use both cores; under xdist the default is the worker's single thread."""
     threads = torch.get_num_threads()
     torch.set_num_threads(DEFAULT_THREADS)
     yield
