@@ -51,6 +51,8 @@ def _check_outputs(folder, n_rows):
             assert int(r["params"]) > 0 and int(r["macs"]) > int(r["backbone_macs"]) > 0
             assert json.loads(r["recipe"])["schedule"]["steps"] == 2
             assert float(r["wall_time_s"]) > 0
+        if r["kind"] in ("train", "proxy") and not r["reused_from"]:
+            assert float(r["cpu_time_s"]) > 0
     return rows
 
 
@@ -248,6 +250,7 @@ def test_trees_comparison_runs_and_resumes_after_an_interruption(tmp_path, monke
     assert first.stat().st_mtime_ns == stamp
     rows = {r["run"]: r for r in _check_outputs(tmp_path, 2)}
     assert {r["attempts"] for r in rows.values()} == {"1", "2"}
+    assert "| wall time (min) | CPU time (min) |" in (tmp_path / "summary.md").read_text()
     for row in rows.values():
         assert {"val/AP50", "val/AP", "soap/AP50", "soap/AP"} <= set(row)
     a, b = (int(rows[k]["backbone_macs"]) for k in ("spinenet49s-s0-lr0", "r50-fpn-s0-lr0"))

@@ -123,8 +123,8 @@ class _Base(Experiment):
         return [sweep[seed * len(factors) + k] for k in lr_order for seed in range(n_seeds) for sweep in sweeps]
 
     def summary_table(self, records: dict[str, RunRecord]) -> dict[str, Any]:
-        """Per model and lr: mean and sample sd over seeds of every metric, and the runs' cost (wall time over the
-        runs that did not resume from a checkpoint)."""
+        """Per model and lr: mean and sample sd over seeds of every metric, and the runs' cost (wall and CPU time
+        over the runs that did not resume from a checkpoint)."""
         groups: dict[str, dict[str, list[float]]] = {}
         for rec in records.values():
             if rec.kind != "train" or rec.status != "done" or not rec.result:
@@ -133,7 +133,9 @@ class _Base(Experiment):
             group = groups.setdefault(f"{labels['model']} lr={labels['lr']:.4g}", {})
             cost = {k: rec.result.get(k) for k in ("params", "backbone_macs", "macs")}
             # the journal times the last attempt only: a run resumed from a checkpoint would understate its cost
-            cost["wall_time_s"] = None if rec.result.get("resumed_from_step") else rec.wall_time
+            resumed = bool(rec.result.get("resumed_from_step"))
+            cost["wall_time_s"] = None if resumed else rec.wall_time
+            cost["cpu_time_s"] = None if resumed else rec.result.get("cpu_time_s")
             for k, v in {**rec.result["metrics"], **cost}.items():
                 if v is not None:
                     group.setdefault(k, []).append(float(v))
@@ -163,16 +165,22 @@ class _Base(Experiment):
             mean = f"{stats['mean'] / scale:.{digits}f}"
             return mean if stats["sd"] is None or not spread else f"{mean} ± {stats['sd'] / scale:.{digits}f}"
 
-        head = ["model", "lr", "n", *metrics, "params (M)", "backbone MACs (G)", "MACs (G)", "wall time (min)"]
+        # runs journalled before CPU time was recorded have none: the column appears once any run has it
+        cpu = any("cpu_time_s" in s for s in table.values())
+        times = ["wall_time_s", "cpu_time_s"] if cpu else ["wall_time_s"]
+        head = ["model", "lr", "n", *metrics, "params (M)", "backbone MACs (G)", "MACs (G)", "wall time (min)",
+                *(["CPU time (min)"] if cpu else [])]
         lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for group, stats in table.items():
             model, lr = group.rsplit(" lr=", 1)
             n = max(v["n"] for v in stats.values())
             row = [model, lr, str(n), *(cell(stats.get(m)) for m in metrics), cell(stats.get("params"), 1e6, 2, False),
-                   cell(stats.get("backbone_macs"), 1e9, 2, False), cell(stats.get("macs"), 1e9, 2, False), cell(stats.get("wall_time_s"), 60.0, 1)]
+                   cell(stats.get("backbone_macs"), 1e9, 2, False), cell(stats.get("macs"), 1e9, 2, False),
+                   *(cell(stats.get(k), 60.0, 1) for k in times)]
             lines.append("| " + " | ".join(row) + " |")
+        times_note = " and CPU time (the run's process, all its threads)" if cpu else ""
         return "\n".join(lines) + ("\n\nMean ± sample sd over seeds; MACs of the whole model at the recipe's image "
-                                   "size; wall time of the runs that finished without an interruption.\n")
+                                   f"size; wall time{times_note} of the runs that finished without an interruption.\n")
 
 
 # --------------------------------------------------------------------------------------------- comparisons

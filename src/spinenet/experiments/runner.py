@@ -244,13 +244,17 @@ def run_experiment(experiment: Experiment, out: str | Path, *, resume: bool = Fa
             if progress:
                 print(f"[{experiment.name}] {run.key} ({run.kind}, attempt {attempt}; {len(pending)} pending)",
                       flush=True)
-            t0 = time.time()
+            t0, c0 = time.time(), time.process_time()
             result, error = None, None
             try:
                 result = execute(run, out / "runs" / run.key, device)
             except FloatingPointError as err:  # a diverged run (non-finite loss) is a result of its lr, not a crash
                 error = f"{type(err).__name__}: {err}"
                 traceback.print_exc()
+            if result is not None and run.kind != "search":
+                # CPU time of this process over all its threads: the run's cost whatever else shared the machine
+                # (wall time counts that too). A search's trials run in worker processes, so it has none.
+                result = {**result, "cpu_time_s": round(time.process_time() - c0, 3)}
             journal.finish(run.key, result=result, error=error, wall_time=time.time() - t0, commit=commit)
             executed += 1
             write_outputs(experiment, journal.runs(), out)
@@ -317,7 +321,7 @@ def report_experiment(experiment: Experiment, out: str | Path) -> dict[str, RunR
 
 # ------------------------------------------------------------------------------------------------ outputs
 CSV_COLUMNS = ("run", "kind", "status", "model", "arch", "seed", "lr", "params", "backbone_macs", "macs",
-               "wall_time_s", "attempts", "resumed_from_step", "reused_from", "commit")
+               "wall_time_s", "cpu_time_s", "attempts", "resumed_from_step", "reused_from", "commit")
 
 
 def csv_rows(records: dict[str, RunRecord]) -> list[dict[str, Any]]:
@@ -331,7 +335,7 @@ def csv_rows(records: dict[str, RunRecord]) -> list[dict[str, Any]]:
                                "attempts": rec.attempts, "commit": rec.commit or "",
                                "resumed_from_step": res.get("resumed_from_step", ""),
                                "reused_from": res.get("reused_from", ""),
-                               **{k: res.get(k, "") for k in ("params", "backbone_macs", "macs")}}
+                               **{k: res.get(k, "") for k in ("params", "backbone_macs", "macs", "cpu_time_s")}}
         row.update({k: v for k, v in labels.items()})
         row.update({k: v for k, v in (res.get("metrics") or {}).items()})
         row["error"] = rec.error or ""
