@@ -49,14 +49,16 @@ demo: setup
 	@echo "curves: $(DEMO)/curves.png  predictions: $(DEMO)/predictions/"
 
 # The search-vs-random experiment at demo size (docs/experiments/search.md): random, RL and evolution searches of
-# 4 proxy trials each on 2 Ray workers, then the best architecture of each strategy, the median random one,
+# 4 proxy trials each on 2 Ray workers (evolution mutates after 2 random draws, the RL controller learns every 2
+# trials), then the best architecture of each strategy, the median random one,
 # SpineNet-49S and R50-FPN trained with trees-cpu shortened to 200 steps (seed 0) and scored on the held-out YELL
 # block. About 30 minutes on 2 cores. Interrupted, `make search-demo` again continues where it stopped; remove
 # $(SEARCH_DEMO) to start over. Writes $(SEARCH_DEMO)/runs.csv and summary.png.
 SEARCH_DEMO := $(OUT)/search-demo
 search-demo: setup
-	$(BIN)/spinenet experiment search-vs-random trials=4 workers=2 search_seeds=0 steps=200 warmup_steps=25 \
-	    eval_every=0 --seeds 0 --out $(SEARCH_DEMO) $$(test -f $(SEARCH_DEMO)/experiment.sqlite && echo --resume)
+	$(BIN)/spinenet experiment search-vs-random trials=4 workers=2 search_seeds=0 evolution_population=2 \
+	    evolution_sample=2 rl_batch=2 steps=200 warmup_steps=25 eval_every=0 --seeds 0 --out $(SEARCH_DEMO) \
+	    $$(test -f $(SEARCH_DEMO)/experiment.sqlite && echo --resume)
 
 # Two pytest-xdist workers (one per core of a 2-core machine), each on one torch thread (tests/conftest.py);
 # TEST_WORKERS=0 runs serially.

@@ -18,6 +18,7 @@ from spinenet.experiments.architectures import backbone_macs, block_multiset, ma
 from spinenet.experiments.stats import bootstrap_interval
 from spinenet.graph import resolve
 from spinenet.registry import get_model_def
+from spinenet.search.journal import Journal as SearchJournal
 
 SCALING_49S = get_model_def("spinenet49s").scaling
 # Tiny trees settings: 64 px, 2 steps of 2 images, a checkpoint every step; held-out = OSBS, cross-site = SOAP.
@@ -320,12 +321,34 @@ def test_proxy_rank_plans_proxies_then_seed_by_seed():
     assert keys == ([f"proxy-{a}" for a in archs] + [f"{a}-s0-lr0" for a in archs] + [f"{a}-s1-lr0" for a in archs])
 
 
+def test_search_vs_random_sizes_the_strategies_to_the_budget():
+    payloads = {r.key: r.payload for r in create_experiment("search-vs-random", [0], []).searches()}
+    assert set(payloads) == {"search-random-0", "search-random-1", "search-rl-0", "search-rl-1",
+                             "search-evolution-0"}
+    # 30 trials: evolution mutates after its first 10 random draws; the controller learns every 5 trials
+    assert payloads["search-evolution-0"]["strategy_options"] == {"population_size": 10, "sample_size": 3}
+    assert payloads["search-rl-1"]["strategy_options"] == {"batch_size": 5}
+    assert payloads["search-random-0"]["strategy_options"] == {}
+    with pytest.raises(ValueError, match="evolution_population=30"):  # all 30 trials would be random draws
+        create_experiment("search-vs-random", [0], ["evolution_population=30"]).searches()
+    with pytest.raises(ValueError, match="rl_batch=4"):
+        create_experiment("search-vs-random", [0], ["trials=4", "rl_batch=4"]).searches()
+
+
 def test_search_vs_random_tiny(tmp_path, one_thread):
-    exp = create_experiment("search-vs-random", [0], TINY_TREES + TINY_PROXY + ["strategies=random", "trials=2",
-                                                                              "search_seeds=0"])
+    exp = create_experiment("search-vs-random", [0], TINY_TREES + TINY_PROXY + [
+        "strategies=random,evolution", "trials=3", "search_seeds=0", "evolution_population=2",
+        "evolution_sample=2"])
     run_experiment(exp, tmp_path, progress=False)
-    rows = {r["run"]: r for r in _check_outputs(tmp_path, 5)}
-    assert set(rows) == {"search-random-0", "best-random-s0-lr0", "median-random-s0-lr0", "spinenet49s-s0-lr0",
-                         "r50-fpn-s0-lr0"}
+    rows = {r["run"]: r for r in _check_outputs(tmp_path, 7)}
+    assert set(rows) == {"search-random-0", "search-evolution-0", "best-random-s0-lr0", "best-evolution-s0-lr0",
+                         "median-random-s0-lr0", "spinenet49s-s0-lr0", "r50-fpn-s0-lr0"}
     curve = json.loads((tmp_path / "summary.json").read_text())["best_so_far"]["search-random-0"]
-    assert len(curve) == 2 and curve[1] >= curve[0]
+    assert len(curve) == 3 and curve[2] >= curve[1] >= curve[0]
+    # the evolution search ran with the budget-sized population: its two random draws, then one mutation
+    journal = SearchJournal(tmp_path / "runs" / "search-evolution-0" / SearchJournal.FILE)
+    try:
+        assert journal.config()["strategy_options"] == {"population_size": 2, "sample_size": 2}
+        assert len(journal.trials("done")) == 3
+    finally:
+        journal.close()

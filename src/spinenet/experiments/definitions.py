@@ -425,6 +425,11 @@ class SearchSettings(TreesSettings):
     workers: int = 0  # Ray workers per search (2 on this machine's budget); 0 = in-process
     strategies: tuple[str, ...] = ("random", "rl", "evolution")
     search_seeds: tuple[int, ...] = (0, 1)  # random and RL; evolution runs the first seed only
+    # sized to a budget of tens of trials: aging evolution's first population_size trials are random draws (the
+    # library's 50 would leave a 30-trial search all random), and REINFORCE updates once per batch
+    evolution_population: int = 10
+    evolution_sample: int = 3  # tournament size
+    rl_batch: int = 5
 
 
 class SearchVsRandom(PermutedVsDecreasedTrees):
@@ -433,14 +438,32 @@ class SearchVsRandom(PermutedVsDecreasedTrees):
     name = "search-vs-random"
     settings_class = SearchSettings
 
+    def strategy_options(self, strategy: str) -> dict[str, Any]:
+        s = self.settings
+        if strategy == "evolution":
+            if not 2 <= s.evolution_population < s.trials:
+                raise ValueError(f"evolution_population={s.evolution_population}: choose 2 to trials - 1 "
+                                 f"(trials={s.trials}); the first evolution_population trials are random draws")
+            if not 1 <= s.evolution_sample <= s.evolution_population:
+                raise ValueError(f"evolution_sample={s.evolution_sample}: choose 1 to evolution_population "
+                                 f"({s.evolution_population})")
+            return {"population_size": s.evolution_population, "sample_size": s.evolution_sample}
+        if strategy == "rl":
+            if not 1 <= s.rl_batch < s.trials:
+                raise ValueError(f"rl_batch={s.rl_batch}: choose 1 to trials - 1 (trials={s.trials}); the "
+                                 f"controller learns once per batch of trials")
+            return {"batch_size": s.rl_batch}
+        return {}
+
     def searches(self) -> list[Run]:
         s = self.settings
         runs = []
         for strategy in s.strategies:
+            options = self.strategy_options(strategy)
             for seed in (s.search_seeds[:1] if strategy == "evolution" else s.search_seeds):
                 runs.append(Run(f"search-{strategy}-{seed}", "search", {"model": strategy, "seed": seed},
                                 {"space": s.space, "strategy": strategy, "seed": seed, "trials": s.trials,
-                                 "workers": s.workers, "options": dict(s.proxy)}))
+                                 "workers": s.workers, "options": dict(s.proxy), "strategy_options": options}))
         return runs
 
     def plan(self, results: dict[str, Any]) -> list[Run]:

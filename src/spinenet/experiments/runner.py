@@ -192,7 +192,8 @@ def _execute_search(run: Run, folder: Path, device: str | None) -> dict[str, Any
     options = dict(p.get("options") or {})
     if device:
         options["device"] = device
-    config = SearchConfig(p["space"], p["strategy"], "proxy", options, seed=int(p["seed"]))
+    config = SearchConfig(p["space"], p["strategy"], "proxy", options, dict(p.get("strategy_options") or {}),
+                          seed=int(p["seed"]))
     resume = (folder / Journal.FILE).is_file()
     if folder.exists() and not resume:
         shutil.rmtree(folder)
