@@ -7,6 +7,7 @@ import csv
 import json
 import os
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -101,8 +102,6 @@ def test_fixed_orderings_keep_the_blocks_and_follow_their_shape(name):
 
 
 def test_docs_page_prints_the_generated_orderings():
-    from pathlib import Path
-
     page = (Path(__file__).resolve().parents[1] / "docs" / "experiments" / "README.md").read_text()
     for name in ORDERINGS:
         inter, outs = ordering_levels(name)
@@ -333,6 +332,18 @@ def test_search_vs_random_sizes_the_strategies_to_the_budget():
         create_experiment("search-vs-random", [0], ["evolution_population=30"]).searches()
     with pytest.raises(ValueError, match="rl_batch=4"):
         create_experiment("search-vs-random", [0], ["trials=4", "rl_batch=4"]).searches()
+
+
+def test_search_demo_settings_are_valid():
+    """``make search-demo``'s settings parse, and its searches and first runs plan (a typo fails here, not after
+    the searches of a 30-minute demo)."""
+    text = (Path(__file__).resolve().parents[1] / "Makefile").read_text().replace("\\\n", " ")
+    line = next(ln for ln in text.splitlines() if "experiment search-vs-random" in ln)
+    words = line.split("search-vs-random", 1)[1].split()
+    items = [w for w in words[:words.index("--seeds")] if "=" in w]
+    exp = create_experiment("search-vs-random", [0], items)
+    assert exp.settings.trials == 4 and exp.settings.evolution_population < exp.settings.trials
+    assert [r.key for r in exp.plan({})] == ["search-random-0", "search-rl-0", "search-evolution-0"]
 
 
 def test_search_vs_random_tiny(tmp_path, one_thread):
