@@ -167,9 +167,8 @@ class _Base(Experiment):
 
         # runs journalled before CPU time was recorded have none: the column appears once any run has it
         cpu = any("cpu_time_s" in s for s in table.values())
-        times = ["wall_time_s", "cpu_time_s"] if cpu else ["wall_time_s"]
-        head = ["model", "lr", "n", *metrics, "params (M)", "backbone MACs (G)", "MACs (G)", "wall time (min)",
-                *(["CPU time (min)"] if cpu else [])]
+        times = {"wall_time_s": "wall time (min)", **({"cpu_time_s": "CPU time (min)"} if cpu else {})}
+        head = ["model", "lr", "n", *metrics, "params (M)", "backbone MACs (G)", "MACs (G)", *times.values()]
         lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for group, stats in table.items():
             model, lr = group.rsplit(" lr=", 1)
@@ -439,21 +438,21 @@ class SearchVsRandom(PermutedVsDecreasedTrees):
     settings_class = SearchSettings
 
     def strategy_options(self, strategy: str) -> dict[str, Any]:
+        """The strategy's options from the settings, checked before any search runs: its warm-up (evolution's
+        random population, RL's first batch) must leave trials to learn from, and the strategy's own checks."""
+        from ..search.space import get_space
+        from ..search.strategies import make_strategy
+
         s = self.settings
-        if strategy == "evolution":
-            if not 2 <= s.evolution_population < s.trials:
-                raise ValueError(f"evolution_population={s.evolution_population}: choose 2 to trials - 1 "
-                                 f"(trials={s.trials}); the first evolution_population trials are random draws")
-            if not 1 <= s.evolution_sample <= s.evolution_population:
-                raise ValueError(f"evolution_sample={s.evolution_sample}: choose 1 to evolution_population "
-                                 f"({s.evolution_population})")
-            return {"population_size": s.evolution_population, "sample_size": s.evolution_sample}
-        if strategy == "rl":
-            if not 1 <= s.rl_batch < s.trials:
-                raise ValueError(f"rl_batch={s.rl_batch}: choose 1 to trials - 1 (trials={s.trials}); the "
-                                 f"controller learns once per batch of trials")
-            return {"batch_size": s.rl_batch}
-        return {}
+        options, field_name = {
+            "evolution": ({"population_size": s.evolution_population, "sample_size": s.evolution_sample},
+                          "evolution_population"),
+            "rl": ({"batch_size": s.rl_batch}, "rl_batch")}.get(strategy, ({}, ""))
+        if field_name and getattr(s, field_name) >= s.trials:
+            raise ValueError(f"{field_name}={getattr(s, field_name)}: choose fewer than trials={s.trials}; the "
+                             f"strategy learns only from the trials after its first {field_name}")
+        make_strategy(strategy, get_space(s.space), **options)
+        return options
 
     def searches(self) -> list[Run]:
         s = self.settings
