@@ -311,6 +311,23 @@ def test_proxy_rank_tiny(tmp_path, one_thread):
     assert summary["n"] == 2 and {p["arch"] for p in summary["pairs"]} == {"spinenet49-random-0", "spinenet49"}
     assert "tau_proxy_vs_full" in summary and "tau_seed_vs_seed" in summary
     assert summary["n_seed0"] == 2 and "tau_proxy_vs_seed0" in summary
+    assert summary["proxy_cpu_time_s"]["n"] == 2 and summary["proxy_cpu_time_s"]["mean"] > 0
+
+    # a second proxy seed against the same full runs: only the two new proxy trials run
+    other = tmp_path / "two-proxy-seeds"
+    run_experiment(create_experiment("proxy-rank", [0, 1], TINY_TREES + TINY_PROXY + [
+        "random_archs=1", "fixed_archs=spinenet49", "proxy_seeds=0,1", f"reuse={tmp_path}"]), other, progress=False)
+    rows = {r["run"]: r for r in _check_outputs(other, 8)}
+    trained = {k for k, r in rows.items() if not r["reused_from"]}
+    assert trained == {"proxy-spinenet49-random-0-s1", "proxy-spinenet49-s1"}
+    assert rows["proxy-spinenet49"]["reused_from"] == f"{tmp_path}:proxy-spinenet49"
+    second = json.loads((other / "summary.json").read_text())
+    assert "tau_proxy_seed_vs_seed" in second and second["n"] == 2
+    means = {p["arch"]: p["proxy"] for p in second["pairs"]}
+    for arch in means:
+        rewards = [float(rows[k]["proxy/AP50"]) for k in (f"proxy-{arch}", f"proxy-{arch}-s1")]
+        assert means[arch] == pytest.approx(np.mean(rewards))
+    assert "| proxy seed 0 | proxy seed 1 | proxy mean |" in (other / "summary.md").read_text()
 
 
 def test_proxy_rank_plans_proxies_then_seed_by_seed():
@@ -318,6 +335,11 @@ def test_proxy_rank_plans_proxies_then_seed_by_seed():
     keys = [r.key for r in exp.plan({})]
     archs = ["spinenet49-random-0", "spinenet49-random-1", "spinenet49"]
     assert keys == ([f"proxy-{a}" for a in archs] + [f"{a}-s0-lr0" for a in archs] + [f"{a}-s1-lr0" for a in archs])
+    two = create_experiment("proxy-rank", [0], ["random_archs=2", "fixed_archs=spinenet49", "proxy_seeds=0,1"])
+    runs = two.plan({})
+    assert [r.key for r in runs] == ([f"proxy-{a}" for a in archs] + [f"proxy-{a}-s1" for a in archs]
+                                     + [f"{a}-s0-lr0" for a in archs])
+    assert [r.payload["seed"] for r in runs[:6]] == [0, 0, 0, 1, 1, 1]
 
 
 def test_search_vs_random_sizes_the_strategies_to_the_budget():

@@ -289,6 +289,7 @@ class ProxyRankSettings(TreesSettings):
     fixed_archs: tuple[str, ...] = ("spinenet49", "r50-fpn", "hourglass", "fish")
     space: str = "spinenet49"
     arch_seed: int = 0
+    proxy_seeds: tuple[int, ...] = (0,)  # proxy trials per architecture; the reward is their mean
     resamples: int = 2000  # bootstrap resamples of the tau intervals
 
 
@@ -320,35 +321,52 @@ class ProxyRank(PermutedVsDecreasedTrees):
         that a stopped experiment already ranks every architecture on its first seed."""
         s = self.settings
         archs = self.architectures()
-        runs = [Run(f"proxy-{arch.name}", "proxy", {"model": arch.name, "arch": arch.name, "seed": 0},
-                    {"arch": arch.to_dict(), "seed": 0, "options": dict(s.proxy)}) for arch in archs]
+        runs = [Run(self.proxy_key(arch.name, seed), "proxy", {"model": arch.name, "arch": arch.name, "seed": seed},
+                    {"arch": arch.to_dict(), "seed": seed, "options": dict(s.proxy)})
+                for seed in s.proxy_seeds for arch in archs]
         for seed in self.seeds:
             for arch in archs:
                 runs += self.sweep(arch.name, arch, False, s.data, s.val_data, {}, seeds=[seed])
         return runs
 
-    def pairs(self, records: dict[str, RunRecord]) -> list[dict[str, Any]]:
-        """Per architecture: proxy reward and the full recipe's held-out AP50 per seed (finished runs only)."""
-        out = []
+    @staticmethod
+    def proxy_key(arch: str, seed: int) -> str:
+        return f"proxy-{arch}" if seed == 0 else f"proxy-{arch}-s{seed}"
+
+    def proxy_rewards(self, records: dict[str, RunRecord]) -> dict[str, dict[int, float]]:
+        """Per architecture with every proxy seed finished: the reward of each proxy seed."""
+        out = {}
         for arch in self.architectures():
-            proxy = records.get(f"proxy-{arch.name}")
+            recs = {seed: records.get(self.proxy_key(arch.name, seed)) for seed in self.settings.proxy_seeds}
+            if all(r is not None and r.status == "done" and r.result for r in recs.values()):
+                out[arch.name] = {seed: float(r.result["reward"]) for seed, r in recs.items()}
+        return out
+
+    def pairs(self, records: dict[str, RunRecord]) -> list[dict[str, Any]]:
+        """Per architecture: proxy reward (mean over proxy seeds) and the full recipe's held-out AP50 per seed
+        (finished runs only)."""
+        out = []
+        rewards = self.proxy_rewards(records)
+        for arch in self.architectures():
             full = {}
             for seed in self.seeds:
                 rec = records.get(f"{arch.name}-s{seed}-lr0")
                 if rec is not None and rec.status == "done" and rec.result:
                     full[seed] = rec.result["metrics"].get(self.primary_metric)
-            if proxy is None or proxy.status != "done" or not proxy.result or len(full) < len(self.seeds):
+            if arch.name not in rewards or len(full) < len(self.seeds):
                 continue
-            out.append({"arch": arch.name, "proxy": proxy.result["reward"], "full": full,
+            out.append({"arch": arch.name, "proxy": float(np.mean(list(rewards[arch.name].values()))), "full": full,
                         "full_mean": float(np.mean(list(full.values())))})
         return out
 
     def _first_seed(self, records: dict[str, RunRecord]) -> dict[str, tuple[float, float]]:
         out = {}
+        rewards = self.proxy_rewards(records)
         for arch in self.architectures():
-            proxy, full = records.get(f"proxy-{arch.name}"), records.get(f"{arch.name}-s{self.seeds[0]}-lr0")
-            if all(r is not None and r.status == "done" and r.result for r in (proxy, full)):
-                out[arch.name] = (proxy.result["reward"], full.result["metrics"].get(self.primary_metric))
+            full = records.get(f"{arch.name}-s{self.seeds[0]}-lr0")
+            if arch.name in rewards and full is not None and full.status == "done" and full.result:
+                out[arch.name] = (float(np.mean(list(rewards[arch.name].values()))),
+                                  full.result["metrics"].get(self.primary_metric))
         return out
 
     def analyse(self, records: dict[str, RunRecord]) -> dict[str, Any]:
@@ -359,6 +377,15 @@ class ProxyRank(PermutedVsDecreasedTrees):
             x, y = zip(*first.values())
             out[f"tau_proxy_vs_seed{self.seeds[0]}"] = kendall_tau(x, y)
             out[f"n_seed{self.seeds[0]}"] = len(first)
+        rewards = self.proxy_rewards(records)
+        if len(self.settings.proxy_seeds) >= 2 and len(rewards) >= 2:  # the proxy's own repeatability
+            a, b = ([r[s] for r in rewards.values()] for s in self.settings.proxy_seeds[:2])
+            out["tau_proxy_seed_vs_seed"] = kendall_tau(a, b)
+            out["tau_proxy_seed_vs_seed_ci95"] = bootstrap_interval(a, b, resamples=self.settings.resamples)
+        cpu = [r.result["cpu_time_s"] for k, r in records.items()
+               if r.kind == "proxy" and r.status == "done" and r.result and r.result.get("cpu_time_s")]
+        if cpu:  # the cost of one trial, whatever shared the machine
+            out["proxy_cpu_time_s"] = {"mean": float(np.mean(cpu)), "max": float(np.max(cpu)), "n": len(cpu)}
         if len(pairs) >= 2:
             x, y = [p["proxy"] for p in pairs], [p["full_mean"] for p in pairs]
             out["tau_proxy_vs_full"] = kendall_tau(x, y)
@@ -372,19 +399,27 @@ class ProxyRank(PermutedVsDecreasedTrees):
     def report(self, records: dict[str, RunRecord], analysis: dict[str, Any]) -> str:
         seed0 = self._first_seed(records)
         pairs = {p["arch"]: p for p in analysis.get("pairs") or []}
-        lines = ["| architecture | proxy reward | " + " | ".join(f"{self.primary_metric} seed {s}" for s in self.seeds)
-                 + " | mean |", "|" + "---|" * (3 + len(self.seeds))]
+        rewards = self.proxy_rewards(records)
+        proxy_seeds = self.settings.proxy_seeds
+        proxy_head = ("proxy reward" if len(proxy_seeds) == 1 else
+                      " | ".join(f"proxy seed {s}" for s in proxy_seeds) + " | proxy mean")
+        lines = [f"| architecture | {proxy_head} | "
+                 + " | ".join(f"{self.primary_metric} seed {s}" for s in self.seeds) + " | mean |",
+                 "|" + "---|" * (2 + len(proxy_seeds) + (len(proxy_seeds) > 1) + len(self.seeds))]
         for arch in self.architectures():
-            proxy = records.get(f"proxy-{arch.name}")
-            if proxy is None or proxy.status != "done" or not proxy.result:
+            if arch.name not in rewards:
                 continue
+            reward = rewards[arch.name]
+            proxy_cells = " | ".join(f"{reward[s]:.3f}" for s in proxy_seeds)
+            if len(proxy_seeds) > 1:
+                proxy_cells += f" | {np.mean(list(reward.values())):.3f}"
             full = []
             for seed in self.seeds:
                 rec = records.get(f"{arch.name}-s{seed}-lr0")
                 ok = rec is not None and rec.status == "done" and rec.result
                 full.append(f"{rec.result['metrics'][self.primary_metric]:.3f}" if ok else "")
             mean = f"{pairs[arch.name]['full_mean']:.3f}" if arch.name in pairs else ""
-            lines.append(f"| {arch.name} | {proxy.result['reward']:.3f} | " + " | ".join(full) + f" | {mean} |")
+            lines.append(f"| {arch.name} | {proxy_cells} | " + " | ".join(full) + f" | {mean} |")
         out = "\n".join(lines) + "\n"
 
         def tau(key: str) -> str:
@@ -398,6 +433,13 @@ class ProxyRank(PermutedVsDecreasedTrees):
         if seed0:
             out += (f"Proxy vs the first seed alone ({len(seed0)} architectures): "
                     f"{tau(f'tau_proxy_vs_seed{self.seeds[0]}')}.\n")
+        if "tau_proxy_seed_vs_seed" in analysis:
+            out += (f"Proxy seed vs proxy seed ({len(rewards)} architectures): "
+                    f"{tau('tau_proxy_seed_vs_seed')}.\n")
+        cpu = analysis.get("proxy_cpu_time_s")
+        if cpu:
+            out += (f"CPU time of one proxy trial: {cpu['mean'] / 60:.1f} min on average, {cpu['max'] / 60:.1f} min "
+                    f"at most ({cpu['n']} trials).\n")
         return out
 
     def plot_extra(self, ax, records, analysis) -> None:

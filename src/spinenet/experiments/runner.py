@@ -35,6 +35,9 @@ from ..specs import Architecture
 from .journal import ExperimentJournal, RunRecord
 
 KINDS = ("train", "proxy", "search")
+# jobs deterministic for their payload (one device and thread count): ``reuse`` may stand them in for each other.
+# A search is not: its workers finish trials in the order the machine lets them.
+REUSABLE = ("train", "proxy")
 
 
 @dataclass(frozen=True)
@@ -232,7 +235,7 @@ def run_experiment(experiment: Experiment, out: str | Path, *, resume: bool = Fa
             run = pending[0]
             if run.kind not in KINDS:
                 raise ValueError(f"run {run.key}: unknown kind {run.kind!r}")
-            donor = donors.get(json.dumps(run.payload, sort_keys=True)) if run.kind == "train" else None
+            donor = donors.get(json.dumps(run.payload, sort_keys=True)) if run.kind in REUSABLE else None
             if donor is not None:
                 journal.start(run.key, run.kind, run.spec())
                 journal.finish(run.key, result={**donor[1].result, "reused_from": donor[0]}, error=None,
@@ -267,10 +270,10 @@ def run_experiment(experiment: Experiment, out: str | Path, *, resume: bool = Fa
 
 
 def _finished_jobs(folders: Sequence[str]) -> dict[str, tuple[str, RunRecord]]:
-    """The finished training runs of other experiments (``reuse``), by their job (the run's payload: task, model,
-    data, recipe and overrides, architecture, evaluation sets): a run planned here with the same job takes that
-    result instead of training again (training runs are deterministic for a seed on one device and thread count).
-    The CSV names the run it came from (``reused_from``)."""
+    """The finished training and proxy runs of other experiments (``reuse``), by their job (the run's payload:
+    task, model, data, recipe and overrides, architecture, evaluation sets; for a proxy trial the architecture,
+    seed and proxy options): a run planned here with the same job takes that result instead of training again
+    (:data:`REUSABLE`). The CSV names the run it came from (``reused_from``)."""
     jobs: dict[str, tuple[str, RunRecord]] = {}
     for folder in folders:
         path = Path(folder) / ExperimentJournal.FILE
@@ -279,7 +282,7 @@ def _finished_jobs(folders: Sequence[str]) -> dict[str, tuple[str, RunRecord]]:
         journal = ExperimentJournal(path)
         try:
             for rec in journal.runs().values():
-                if rec.kind == "train" and rec.status == "done" and rec.result:
+                if rec.kind in REUSABLE and rec.status == "done" and rec.result:
                     jobs.setdefault(json.dumps(rec.spec["payload"], sort_keys=True), (f"{folder}:{rec.key}", rec))
         finally:
             journal.close()
