@@ -312,6 +312,7 @@ def test_proxy_rank_tiny(tmp_path, one_thread):
     assert "tau_proxy_vs_full" in summary and "tau_seed_vs_seed" in summary
     assert summary["n_seed0"] == 2 and "tau_proxy_vs_seed0" in summary
     assert summary["proxy_cpu_time_s"]["n"] == 2 and summary["proxy_cpu_time_s"]["mean"] > 0
+    assert list(summary["tau_full_at_step"]) == ["2"]  # TINY_TREES evaluates at its last step only
 
     # a second proxy seed against the same full runs: only the two new proxy trials run
     other = tmp_path / "two-proxy-seeds"
@@ -323,6 +324,7 @@ def test_proxy_rank_tiny(tmp_path, one_thread):
     assert rows["proxy-spinenet49"]["reused_from"] == f"{tmp_path}:proxy-spinenet49"
     second = json.loads((other / "summary.json").read_text())
     assert "tau_proxy_seed_vs_seed" in second and second["n"] == 2
+    assert second["tau_full_at_step"] == summary["tau_full_at_step"]  # read from the reused runs' own folders
     means = {p["arch"]: p["proxy"] for p in second["pairs"]}
     for arch in means:
         rewards = [float(rows[k]["proxy/AP50"]) for k in (f"proxy-{arch}", f"proxy-{arch}-s1")]

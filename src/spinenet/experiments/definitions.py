@@ -15,9 +15,11 @@
 
 from __future__ import annotations
 
+import csv
 import functools
 import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -142,7 +144,7 @@ class _Base(Experiment):
         return {g: {k: {"mean": float(np.mean(v)), "sd": float(np.std(v, ddof=1)) if len(v) > 1 else None,
                         "n": len(v)} for k, v in metrics.items()} for g, metrics in groups.items()}
 
-    def analyse(self, records: dict[str, RunRecord]) -> dict[str, Any]:
+    def analyse(self, records: dict[str, RunRecord], folder: Path | None = None) -> dict[str, Any]:
         return {"table": self.summary_table(records), "reference_macs": self.reference_macs}
 
     def metric_columns(self, table: dict[str, Any]) -> list[str]:
@@ -369,7 +371,27 @@ class ProxyRank(PermutedVsDecreasedTrees):
                                   full.result["metrics"].get(self.primary_metric))
         return out
 
-    def analyse(self, records: dict[str, RunRecord]) -> dict[str, Any]:
+    def eval_curves(self, records: dict[str, RunRecord], folder: Path | None) -> dict[str, dict[int, float]]:
+        """Per architecture: the first seed's held-out metric at each evaluation step of its full-recipe run (from
+        the run's ``metrics.csv``; empty without the experiment folder)."""
+        out: dict[str, dict[int, float]] = {}
+        column = self.primary_metric.replace("/", "_")
+        for arch in self.architectures():
+            key = f"{arch.name}-s{self.seeds[0]}-lr0"
+            rec = records.get(key)
+            if folder is None or rec is None or rec.status != "done":
+                continue
+            source = (rec.result or {}).get("reused_from", "")  # "FOLDER:KEY" of a run taken from elsewhere
+            home, run_key = source.rsplit(":", 1) if source else (str(folder), key)
+            path = Path(home) / "runs" / run_key / "train" / "metrics.csv"
+            if path.is_file():
+                with open(path, newline="") as fh:
+                    curve = {int(r["step"]): float(r[column]) for r in csv.DictReader(fh) if r.get(column)}
+                if curve:
+                    out[arch.name] = curve
+        return out
+
+    def analyse(self, records: dict[str, RunRecord], folder: Path | None = None) -> dict[str, Any]:
         pairs = self.pairs(records)
         out: dict[str, Any] = {"pairs": pairs, "n": len(pairs)}
         first = self._first_seed(records)
@@ -382,6 +404,14 @@ class ProxyRank(PermutedVsDecreasedTrees):
             a, b = ([r[s] for r in rewards.values()] for s in self.settings.proxy_seeds[:2])
             out["tau_proxy_seed_vs_seed"] = kendall_tau(a, b)
             out["tau_proxy_seed_vs_seed_ci95"] = bootstrap_interval(a, b, resamples=self.settings.resamples)
+        curves = self.eval_curves(records, folder)
+        target = ({p["arch"]: p["full_mean"] for p in pairs} if len(pairs) >= 2
+                  else {a: v[1] for a, v in first.items()})
+        curves = {a: c for a, c in curves.items() if a in target}
+        if len(curves) >= 2:  # how well a shortened full recipe would rank: its own evaluations along the way
+            steps = sorted(set.intersection(*(set(c) for c in curves.values())))
+            out["tau_full_at_step"] = {step: kendall_tau([c[step] for c in curves.values()],
+                                                         [target[a] for a in curves]) for step in steps}
         cpu = [r.result["cpu_time_s"] for k, r in records.items()
                if r.kind == "proxy" and r.status == "done" and r.result and r.result.get("cpu_time_s")]
         if cpu:  # the cost of one trial, whatever shared the machine
@@ -436,6 +466,11 @@ class ProxyRank(PermutedVsDecreasedTrees):
         if "tau_proxy_seed_vs_seed" in analysis:
             out += (f"Proxy seed vs proxy seed ({len(rewards)} architectures): "
                     f"{tau('tau_proxy_seed_vs_seed')}.\n")
+        along = analysis.get("tau_full_at_step")
+        if along:
+            out += ("The full recipe's own first-seed evaluations during training against the same target, tau at "
+                    "step: "
+                    + ", ".join(f"{step}: {t:.2f}" for step, t in along.items()) + ".\n")
         cpu = analysis.get("proxy_cpu_time_s")
         if cpu:
             out += (f"CPU time of one proxy trial: {cpu['mean'] / 60:.1f} min on average, {cpu['max'] / 60:.1f} min "
@@ -531,8 +566,8 @@ class SearchVsRandom(PermutedVsDecreasedTrees):
         runs += self.sweep("r50-fpn", self.decreased(), True, *args)
         return runs
 
-    def analyse(self, records: dict[str, RunRecord]) -> dict[str, Any]:
-        out = super().analyse(records)
+    def analyse(self, records: dict[str, RunRecord], folder: Path | None = None) -> dict[str, Any]:
+        out = super().analyse(records, folder)
         curves = {}
         for key, rec in records.items():
             if rec.kind == "search" and rec.result:

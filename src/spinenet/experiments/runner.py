@@ -120,8 +120,9 @@ class Experiment:
     def plan(self, results: dict[str, dict[str, Any] | None]) -> list[Run]:
         raise NotImplementedError
 
-    def analyse(self, records: dict[str, RunRecord]) -> dict[str, Any]:
-        """Experiment-level numbers from the finished runs (written to ``summary.json``)."""
+    def analyse(self, records: dict[str, RunRecord], folder: Path | None = None) -> dict[str, Any]:
+        """Experiment-level numbers from the finished runs (written to ``summary.json``); ``folder`` is the
+        experiment's output folder, where each run keeps its files under ``runs/KEY``."""
         return {}
 
     def plot_extra(self, ax, records: dict[str, RunRecord], analysis: dict[str, Any]) -> None:
@@ -365,7 +366,7 @@ def write_outputs(experiment: Experiment, records: dict[str, RunRecord], out: Pa
     """``runs.csv``, ``summary.json`` (the experiment's analysis), ``summary.png`` and ``summary.md`` (its tables),
     each written atomically."""
     write_csv(csv_rows(records), out / "runs.csv")
-    analysis = experiment.analyse(records)
+    analysis = experiment.analyse(records, out)
     tmp = out / "summary.json.tmp"
     tmp.write_text(json.dumps(analysis, indent=2, sort_keys=True, default=float) + "\n")
     os.replace(tmp, out / "summary.json")
