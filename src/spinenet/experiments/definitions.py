@@ -458,9 +458,11 @@ class ProxyRank(PermutedVsDecreasedTrees):
                 return "n/a"
             return f"{value:.2f}" + (f" (95% bootstrap {ci[0]:.2f} to {ci[1]:.2f})" if ci else "")
 
-        out += (f"\nKendall tau, proxy vs full recipe (mean of {len(self.seeds)} seeds, {analysis.get('n', 0)} "
-                f"architectures): {tau('tau_proxy_vs_full')}; seed vs seed: {tau('tau_seed_vs_seed')}.\n")
-        if seed0:
+        several = len(self.seeds) > 1
+        target = f"mean of {len(self.seeds)} seeds" if several else f"seed {self.seeds[0]}"
+        out += (f"\nKendall tau, proxy vs full recipe ({target}, {analysis.get('n', 0)} architectures): "
+                f"{tau('tau_proxy_vs_full')}" + (f"; seed vs seed: {tau('tau_seed_vs_seed')}" if several else "") + ".\n")
+        if seed0 and several:
             out += (f"Proxy vs the first seed alone ({len(seed0)} architectures): "
                     f"{tau(f'tau_proxy_vs_seed{self.seeds[0]}')}.\n")
         if "tau_proxy_seed_vs_seed" in analysis:
