@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from spinenet.data.trees import VAL_BLOCK, YELL_LARGE, trees_dataset
+from spinenet.data.trees import VAL_BLOCK, YELL_LARGE, YELL_SMALL, trees_dataset
 from spinenet.engine.recipes import trees_cpu
 from spinenet.search.proxy import _TreeSplitTask, get_proxy, proxy_recipe
 from spinenet.search.runner import compute_aware_reward
@@ -28,6 +28,26 @@ def test_trees_proxy_never_sees_the_final_block():
     assert {_side(r.window) for r in train.records} == {data.tile_size} and data.tile_overlap > 0
     assert {_side(r.window) for r in reward.records} == {data.val_tile_size}
     assert len(train) > len(trees_dataset("yell-train", tile_size=data.tile_size).records) - len(reward)
+
+
+def test_trees_proxy_large_block_reward_set():
+    """``reward_set=large-block`` scores the large image's block beside yell-val and trains on every other tile of
+    yell-train; neither side touches yell-val or the other."""
+    proxy = get_proxy("trees-cpu")
+    train, reward = _TreeSplitTask(proxy.detector, proxy.data, reward_set="large-block").build_datasets(proxy.recipe)
+    block = (0, VAL_BLOCK[1], VAL_BLOCK[0], 2472)
+    assert len(reward) == 9 and all(r.meta["source"] == YELL_LARGE and _inside(r.window, block)
+                                    for r in reward.records)
+    assert {r.meta["source"] for r in train.records} == {YELL_LARGE, YELL_SMALL}
+    for record in train.records:
+        assert not _overlaps(record.window, VAL_BLOCK)
+        assert record.meta["source"] != YELL_LARGE or not _overlaps(record.window, block)
+    with pytest.raises(ValueError, match="reward_set='nope'"):
+        _TreeSplitTask(proxy.detector, proxy.data, reward_set="nope")
+
+
+def _inside(window, block) -> bool:
+    return window[0] >= block[0] and window[1] >= block[1] and window[2] <= block[2] and window[3] <= block[3]
 
 
 def _side(window) -> int:

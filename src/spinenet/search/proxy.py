@@ -14,9 +14,12 @@ tree-crown data (``trees-cpu``, the default):
   ``trees-cpu`` step at the same crown scale), 800 steps instead of 850, a learning rate of 0.003 instead of
   0.001 (at 0.001 the small model had not started to find crowns after 400 steps), evaluation only at the end
   and no checkpoints;
-* trained on the tiles of the large YELL image's ``yell-train`` part; the reward is AP50 on the *small* YELL
-  image (a different site tile, also in ``yell-train``) as 400 px tiles evaluated at 384 px, as ``trees-cpu``
-  evaluates; the ``yell-val`` block is never seen by the search and stays for the final comparison.
+* the data (``reward_set``, :data:`REWARD_SETS`): by default (``small-image``) trained on the tiles of the large
+  YELL image's ``yell-train`` part, and the reward is AP50 on the *small* YELL image (a different site tile, also
+  in ``yell-train``) as 400 px tiles evaluated at 384 px, as ``trees-cpu`` evaluates; ``large-block`` instead
+  scores the large image's block beside ``yell-val`` (the way the full recipe is scored: a held-out block of an
+  image it trained on) and trains on the rest of ``yell-train``, the small image included. The ``yell-val``
+  block is never seen by the search and stays for the final comparison.
 
 Trial times and rewards measured on this recipe are in docs/experiments/search.md.
 
@@ -33,6 +36,7 @@ from typing import Any
 
 from torch.utils.data import Dataset
 
+from ..data.trees import SOURCES, VAL_BLOCK, YELL_LARGE, YELL_SMALL, TreeDataset, trees_dataset
 from ..engine.config import DetectionData, OptimConfig, Recipe, ScheduleConfig
 from ..engine.recipes import trees_cpu
 from ..specs import Architecture
@@ -53,6 +57,7 @@ class Proxy:
     head_convs: int = 4
     data: str = "trees:yell-train"
     val_data: str | None = None
+    reward_set: str = "small-image"  # which part of trees:yell-train scores a trees proxy (REWARD_SETS)
     metric: str = "AP50"
     description: str = ""
 
@@ -101,36 +106,60 @@ def get_proxy(name: str) -> Proxy:
         raise ValueError(f"unknown proxy {name!r}; choose one of {', '.join(PROXIES)}") from None
 
 
+def _in_block(record) -> bool:
+    """A tile of the large YELL image's bottom-left block (``x < 1099, y >= 1272``, beside ``yell-val``)."""
+    x0, y0, x1, y1 = record.meta["window"]
+    return record.meta["source"] == YELL_LARGE and x1 <= VAL_BLOCK[0] and y0 >= VAL_BLOCK[1]
+
+
+# reward set -> (which tiles of trees:yell-train score the trial, a label); the rest of yell-train trains
+REWARD_SETS = {
+    "small-image": (lambda r: r.meta["source"] != YELL_LARGE, "small image"),
+    "large-block": (_in_block, "large image's block beside yell-val"),
+}
+
+
+def check_reward_set(name: str) -> str:
+    if name not in REWARD_SETS:
+        raise ValueError(f"proxy option reward_set={name!r}: choose one of {', '.join(REWARD_SETS)}")
+    return name
+
+
 class _TreeSplitTask(DetectionTask):
-    """``yell-train`` split by source image: the large YELL image trains (``tile_size`` tiles overlapping by
-    ``tile_overlap``), the small one scores (``val_tile_size`` tiles; ``None``: ``tile_size``)."""
+    """``yell-train`` split in two by :data:`REWARD_SETS`: the reward tiles (``val_tile_size`` tiles; ``None``:
+    ``tile_size``) score, the other tiles (``tile_size`` tiles overlapping by ``tile_overlap``) train. Training
+    tiles are cut per region of ``yell-train``, so none crosses into the reward set."""
+
+    def __init__(self, *args: Any, reward_set: str = "small-image", **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.reward_set = check_reward_set(reward_set)
 
     def build_datasets(self, recipe: Recipe) -> tuple[Dataset, Dataset | None]:
-        from ..data.trees import SOURCES, YELL_LARGE, YELL_SMALL, TreeDataset, trees_dataset
-
         data = recipe.data  # DetectionData
         tile = data.tile_size or 200
         whole = max(SOURCES[YELL_SMALL].size)  # val_tile_size=0: the small image as one sample
         val_tile = tile if data.val_tile_size is None else (data.val_tile_size or whole)
+        scores, label = REWARD_SETS[self.reward_set]
         tiled = trees_dataset("yell-train", tile_size=tile, overlap=data.tile_overlap)
-        train = TreeDataset([r for r in tiled.records if r.meta["source"] == YELL_LARGE], tiled.classes,
-                            tiled.category_ids, name="trees:yell-train[large image]")
+        train = TreeDataset([r for r in tiled.records if not scores(r)], tiled.classes, tiled.category_ids,
+                            name=f"trees:yell-train[without the {label}]")
         if val_tile != tile or data.tile_overlap:
             tiled = trees_dataset("yell-train", tile_size=val_tile)
-        val = TreeDataset([r for r in tiled.records if r.meta["source"] != YELL_LARGE], tiled.classes,
-                          tiled.category_ids, name="trees:yell-train[small image]")
+        val = TreeDataset([r for r in tiled.records if scores(r)], tiled.classes, tiled.category_ids,
+                          name=f"trees:yell-train[{label}]")
         return train, val
 
 
-def proxy_split_summary(proxy: Proxy) -> dict[str, int]:
+def proxy_split_summary(proxy: Proxy, reward_set: str | None = None) -> dict[str, int]:
     """Tiles and boxes of the proxy's training and reward sets (for docs and checks)."""
-    task = _TreeSplitTask("retinanet_spinenet49", "trees:yell-train")
+    task = _TreeSplitTask("retinanet_spinenet49", "trees:yell-train", reward_set=reward_set or proxy.reward_set)
     train, val = task.build_datasets(proxy.recipe)
     return {"train_tiles": len(train), "train_boxes": train.stats["boxes"], "reward_tiles": len(val),
             "reward_boxes": val.stats["boxes"]}
 
 
-PROXY_OPTIONS = ("data", "val_data")  # the coco proxy's files; every other option is a recipe setting
+PROXY_OPTIONS = ("data", "val_data", "reward_set")  # the coco proxy's files, the trees proxies' reward set; every
+# other option is a recipe setting
 REWARD_OPTIONS = ("proxy", "target_macs", "macs_weight", "device")  # read by the search runner
 
 
@@ -147,6 +176,7 @@ def check_proxy_options(options: dict[str, Any]) -> None:
     starts, instead of in every trial)."""
     proxy = get_proxy(str(options.get("proxy", "trees-cpu")))
     settings = {k: v for k, v in options.items() if k not in REWARD_OPTIONS}
+    check_reward_set(str(settings.get("reward_set", proxy.reward_set)))
     proxy_recipe(proxy, "arch.json", 0, settings)
 
 
@@ -169,7 +199,8 @@ def train_proxy(arch: Architecture, proxy: Proxy, out_dir: str | Path, seed: int
     if proxy.name == "trees-cpu" and not proxy.data.startswith("trees:yell-train"):
         raise ValueError("the trees-cpu proxy trains on trees:yell-train")
     if proxy.name == "trees-cpu":
-        task: DetectionTask = _TreeSplitTask(proxy.detector, proxy.data)
+        reward_set = str((overrides or {}).get("reward_set", proxy.reward_set))
+        task: DetectionTask = _TreeSplitTask(proxy.detector, proxy.data, reward_set=reward_set)
     else:
         data = (overrides or {}).get("data") or proxy.data
         val = (overrides or {}).get("val_data") or proxy.val_data
