@@ -405,7 +405,8 @@ class ProxyRank(PermutedVsDecreasedTrees):
             out["tau_proxy_seed_vs_seed"] = kendall_tau(a, b)
             out["tau_proxy_seed_vs_seed_ci95"] = bootstrap_interval(a, b, resamples=self.settings.resamples)
         curves = self.eval_curves(records, folder)
-        target = ({p["arch"]: p["full_mean"] for p in pairs} if len(pairs) >= 2
+        # the seeds' mean once it covers every architecture the first seed does, the first seed until then
+        target = ({p["arch"]: p["full_mean"] for p in pairs} if len(pairs) >= max(2, len(first))
                   else {a: v[1] for a, v in first.items()})
         curves = {a: c for a, c in curves.items() if a in target}
         if len(curves) >= 2:  # how well a shortened full recipe would rank: its own evaluations along the way
