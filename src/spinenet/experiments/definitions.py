@@ -217,7 +217,7 @@ class PermutedVsDecreasedTrees(_Base):
 @dataclass
 class FashionSettings(Settings):
     recipe: str = "fashion-mnist-cpu"
-    classifier: str = "spinenet49"
+    classifier: str = "classifier_spinenet49"
     train_limit: int = 0  # 0: all 60,000 training images
     test_limit: int = 0
     resnet_blocks: tuple[int, ...] = RESNET50_BLOCKS
