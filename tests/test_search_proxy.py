@@ -6,8 +6,7 @@ import pytest
 
 from spinenet.data.trees import VAL_BLOCK, YELL_LARGE, YELL_SMALL, trees_dataset
 from spinenet.engine.recipes import trees_cpu
-from spinenet.search.proxy import _TreeSplitTask, get_proxy, proxy_recipe
-from spinenet.search.runner import compute_aware_reward
+from spinenet.search.proxy import _TreeSplitTask, compute_aware_reward, get_proxy, proxy_recipe
 
 
 def _overlaps(window, block) -> bool:

@@ -153,15 +153,16 @@ def execute(run: Run, folder: Path, device: str | None) -> dict[str, Any]:
     if run.kind == "train":
         return _execute_train(run, folder, device)
     if run.kind == "proxy":
-        from ..search.proxy import get_proxy, train_proxy
+        from ..search.proxy import score_architecture
 
         p = run.payload
-        proxy = get_proxy(p.get("proxy", "trees-cpu"))
         arch = Architecture.from_dict(p["arch"], source=f"run {run.key}")
-        metrics = train_proxy(arch, proxy, folder, int(p["seed"]), dict(p.get("options") or {}),
-                              device=device or "cpu")
-        return {"metrics": {f"proxy/{k}": float(v) for k, v in metrics.items()},
-                "reward": float(metrics[proxy.metric])}
+        options = dict(p.get("options") or {})
+        if device:
+            options["device"] = device
+        scored = score_architecture(arch, options, folder, int(p["seed"]))
+        return {"metrics": {f"proxy/{k}": float(v) for k, v in scored["metrics"].items()},
+                "reward": float(scored["reward"])}
     if run.kind == "search":
         return _execute_search(run, folder, device)
     raise ValueError(f"run {run.key}: unknown kind {run.kind!r}; expected one of {KINDS}")

@@ -212,3 +212,39 @@ def train_proxy(arch: Architecture, proxy: Proxy, out_dir: str | Path, seed: int
     if (out / "train" / "checkpoints").exists():
         shutil.rmtree(out / "train" / "checkpoints")  # a search keeps scores, not hundreds of weights
     return metrics
+
+
+def backbone_cost(arch: Architecture, size: int, **overrides: Any) -> tuple[int, int]:
+    """Multiply-adds at ``size`` and parameters of ``arch``'s backbone under ``overrides`` (on the meta device)."""
+    from ..profile import count_macs, count_params, on_meta
+    from ..registry import create_model
+
+    model = on_meta(lambda: create_model("spinenet49", block_specs=arch, **overrides))
+    return count_macs(model, size), count_params(model)
+
+
+def compute_aware_reward(value: float, macs: int, target_macs: float, weight: float) -> float:
+    """``value * (macs / target_macs) ** weight`` (MnasNet's form); ``weight`` 0 or no target: ``value``."""
+    if not weight or not target_macs:
+        return value
+    if target_macs < 0 or macs <= 0:
+        raise ValueError(f"compute-aware reward: target_macs={target_macs} and MACs={macs} must be > 0")
+    return value * (macs / target_macs) ** weight
+
+
+def score_architecture(arch: Architecture, options: dict[str, Any], out_dir: str | Path, seed: int) -> dict[str, Any]:
+    """One proxy trial, as a search and an experiment run it: ``options`` holds the reward options (``proxy``,
+    ``target_macs``, ``macs_weight``, ``device``) and the proxy's own settings; returns the reward, the metrics,
+    and the backbone's MACs (at the proxy's input size) and parameters."""
+    options = dict(options)
+    proxy = get_proxy(str(options.pop("proxy", "trees-cpu")))
+    target = float(options.pop("target_macs", 0) or 0)
+    weight = float(options.pop("macs_weight", 0) or 0)
+    device = str(options.pop("device", "cpu"))
+    metrics = train_proxy(arch, proxy, out_dir, seed, options, device=device)
+    trained = proxy_recipe(proxy, "arch.json", seed, options)  # its sizes, options included
+    macs, params = backbone_cost(arch, trained.data.image_size, filter_size_scale=trained.model.filter_size_scale,
+                                 resample_alpha=trained.model.resample_alpha,
+                                 endpoints_num_filters=trained.model.endpoints_num_filters)
+    reward = compute_aware_reward(float(metrics[proxy.metric]), macs, target, weight)
+    return {"reward": reward, "metrics": metrics, "macs": macs, "params": params}

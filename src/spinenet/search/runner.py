@@ -62,22 +62,6 @@ def _id_list(value: Any) -> set[int]:
     return {int(v) for v in str(value).replace(";", ",").split(",") if v.strip()}
 
 
-def _backbone_cost(arch: Architecture, size: int, **overrides: Any) -> tuple[int, int]:
-    from ..profile import count_macs, count_params, on_meta
-    from ..registry import create_model
-
-    model = on_meta(lambda: create_model("spinenet49", block_specs=arch, **overrides))
-    return count_macs(model, size), count_params(model)
-
-
-def compute_aware_reward(value: float, macs: int, target_macs: float, weight: float) -> float:
-    """``value * (macs / target_macs) ** weight`` (MnasNet's form); ``weight`` 0 or no target: ``value``."""
-    if not weight or not target_macs:
-        return value
-    if target_macs < 0 or macs <= 0:
-        raise ValueError(f"compute-aware reward: target_macs={target_macs} and MACs={macs} must be > 0")
-    return value * (macs / target_macs) ** weight
-
 
 def evaluate_trial(payload: dict[str, Any]) -> dict[str, Any]:
     """Score one trial (runs in a Ray worker or in-process). Returns reward, metrics, MACs and params.
@@ -102,20 +86,9 @@ def _evaluate_trial(payload: dict[str, Any]) -> dict[str, Any]:
     trial = int(payload["trial"])
     if payload["reward"] == "synthetic":
         return _synthetic(arch, trial, payload, options)
-    from .proxy import get_proxy, proxy_recipe, train_proxy
+    from .proxy import score_architecture
 
-    proxy = get_proxy(str(options.pop("proxy", "trees-cpu")))
-    target = float(options.pop("target_macs", 0) or 0)
-    weight = float(options.pop("macs_weight", 0) or 0)
-    device = str(options.pop("device", "cpu"))
-    out = Path(payload["out"]) / "trials" / f"{trial:05d}"
-    metrics = train_proxy(arch, proxy, out, int(payload["seed"]), options, device=device)
-    trained = proxy_recipe(proxy, "arch.json", int(payload["seed"]), options)  # its sizes, options included
-    macs, params = _backbone_cost(arch, trained.data.image_size, filter_size_scale=trained.model.filter_size_scale,
-                                  resample_alpha=trained.model.resample_alpha,
-                                  endpoints_num_filters=trained.model.endpoints_num_filters)
-    reward = compute_aware_reward(float(metrics[proxy.metric]), macs, target, weight)
-    return {"reward": reward, "metrics": metrics, "macs": macs, "params": params}
+    return score_architecture(arch, options, Path(payload["out"]) / "trials" / f"{trial:05d}", int(payload["seed"]))
 
 
 def synthetic_target(space: SearchSpace, target_seed: int = 0) -> Architecture:
@@ -153,7 +126,9 @@ def _synthetic(arch: Architecture, trial: int, payload: dict[str, Any], options:
     reward = agreement(arch, target, space)
     macs = params = None
     if options.get("macs", True) not in (False, 0, "0", "false"):
-        macs, params = _backbone_cost(arch, 640)
+        from .proxy import backbone_cost
+
+        macs, params = backbone_cost(arch, 640)
     return {"reward": reward, "metrics": {"agreement": reward}, "macs": macs, "params": params}
 
 
