@@ -344,11 +344,15 @@ class ProxyRank(PermutedVsDecreasedTrees):
                 out[arch.name] = {seed: float(r.result["reward"]) for seed, r in recs.items()}
         return out
 
+    def proxy_means(self, records: dict[str, RunRecord]) -> dict[str, float]:
+        """Per architecture with every proxy seed finished: the reward, their mean."""
+        return {a: float(np.mean(list(r.values()))) for a, r in self.proxy_rewards(records).items()}
+
     def pairs(self, records: dict[str, RunRecord]) -> list[dict[str, Any]]:
         """Per architecture: proxy reward (mean over proxy seeds) and the full recipe's held-out AP50 per seed
         (finished runs only)."""
         out = []
-        rewards = self.proxy_rewards(records)
+        rewards = self.proxy_means(records)
         for arch in self.architectures():
             full = {}
             for seed in self.seeds:
@@ -357,29 +361,30 @@ class ProxyRank(PermutedVsDecreasedTrees):
                     full[seed] = rec.result["metrics"].get(self.primary_metric)
             if arch.name not in rewards or len(full) < len(self.seeds):
                 continue
-            out.append({"arch": arch.name, "proxy": float(np.mean(list(rewards[arch.name].values()))), "full": full,
+            out.append({"arch": arch.name, "proxy": rewards[arch.name], "full": full,
                         "full_mean": float(np.mean(list(full.values())))})
         return out
 
     def _first_seed(self, records: dict[str, RunRecord]) -> dict[str, tuple[float, float]]:
         out = {}
-        rewards = self.proxy_rewards(records)
+        rewards = self.proxy_means(records)
         for arch in self.architectures():
             full = records.get(f"{arch.name}-s{self.seeds[0]}-lr0")
             if arch.name in rewards and full is not None and full.status == "done" and full.result:
-                out[arch.name] = (float(np.mean(list(rewards[arch.name].values()))),
-                                  full.result["metrics"].get(self.primary_metric))
+                out[arch.name] = (rewards[arch.name], full.result["metrics"].get(self.primary_metric))
         return out
 
     def eval_curves(self, records: dict[str, RunRecord], folder: Path | None) -> dict[str, dict[int, float]]:
         """Per architecture: the first seed's held-out metric at each evaluation step of its full-recipe run (from
         the run's ``metrics.csv``; empty without the experiment folder)."""
         out: dict[str, dict[int, float]] = {}
+        if folder is None:
+            return out
         column = self.primary_metric.replace("/", "_")
         for arch in self.architectures():
             key = f"{arch.name}-s{self.seeds[0]}-lr0"
             rec = records.get(key)
-            if folder is None or rec is None or rec.status != "done":
+            if rec is None or rec.status != "done":
                 continue
             source = (rec.result or {}).get("reused_from", "")  # "FOLDER:KEY" of a run taken from elsewhere
             home, run_key = source.rsplit(":", 1) if source else (str(folder), key)
@@ -409,11 +414,11 @@ class ProxyRank(PermutedVsDecreasedTrees):
         target = ({p["arch"]: p["full_mean"] for p in pairs} if len(pairs) >= max(2, len(first))
                   else {a: v[1] for a, v in first.items()})
         curves = {a: c for a, c in curves.items() if a in target}
-        if len(curves) >= 2:  # how well a shortened full recipe would rank: its own evaluations along the way
+        if len(curves) >= 2:  # how early the full recipe itself ranks: its own evaluations during training
             steps = sorted(set.intersection(*(set(c) for c in curves.values())))
             out["tau_full_at_step"] = {step: kendall_tau([c[step] for c in curves.values()],
                                                          [target[a] for a in curves]) for step in steps}
-        cpu = [r.result["cpu_time_s"] for k, r in records.items()
+        cpu = [r.result["cpu_time_s"] for r in records.values()
                if r.kind == "proxy" and r.status == "done" and r.result and r.result.get("cpu_time_s")]
         if cpu:  # the cost of one trial, whatever shared the machine
             out["proxy_cpu_time_s"] = {"mean": float(np.mean(cpu)), "max": float(np.max(cpu)), "n": len(cpu)}

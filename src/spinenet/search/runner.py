@@ -62,7 +62,6 @@ def _id_list(value: Any) -> set[int]:
     return {int(v) for v in str(value).replace(";", ",").split(",") if v.strip()}
 
 
-
 def evaluate_trial(payload: dict[str, Any]) -> dict[str, Any]:
     """Score one trial (runs in a Ray worker or in-process). Returns reward, metrics, MACs and params.
 
