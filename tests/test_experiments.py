@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import sqlite3
 import os
 from collections import Counter
 from pathlib import Path
@@ -169,7 +170,7 @@ def test_settings_and_overrides_are_split_and_checked():
     exp = create_experiment("ablations", [0], ["budget=3", "orderings=fish", "steps=7", "proxy.steps=2",
                                                "model.head_width=8"])
     assert exp.settings.budget == 3 and exp.settings.orderings == ("fish",) and exp.settings.proxy == {"steps": 2}
-    assert exp.overrides == ["steps=7", "model.head_width=8"] and exp.recipe.steps == 7
+    assert exp.overrides == ["steps=7", "model.head_width=8"] and exp.recipe.schedule.steps == 7
     with pytest.raises(ValueError, match="unknown experiment"):
         create_experiment("nope")
     with pytest.raises(ValueError, match="budget"):
@@ -331,6 +332,21 @@ def test_proxy_rank_tiny(tmp_path, one_thread):
         assert means[arch] == pytest.approx(np.mean(rewards))
     assert "| proxy seed 0 | proxy seed 1 | proxy mean |" in (other / "summary.md").read_text()
 
+    # trials recorded before jobs named their reward set were scored on the small image: reused only as that
+    with sqlite3.connect(tmp_path / "experiment.sqlite") as db:
+        for key, spec in db.execute("SELECT key, spec FROM runs WHERE kind='proxy'").fetchall():
+            spec = json.loads(spec)
+            assert spec["payload"]["options"].pop("reward_set") == "large-block"
+            db.execute("UPDATE runs SET spec=? WHERE key=?", (json.dumps(spec), key))
+    items = TINY_TREES + TINY_PROXY + ["random_archs=1", "fixed_archs=spinenet49", f"reuse={tmp_path}"]
+    small, block = tmp_path / "small", tmp_path / "block"
+    run_experiment(create_experiment("proxy-rank", [0, 1], items + ["proxy.reward_set=small-image"]), small,
+                   progress=False)
+    assert all(r["reused_from"] for r in _rows(small))
+    run_experiment(create_experiment("proxy-rank", [0, 1], items), block, progress=False)
+    assert {r["run"] for r in _rows(block) if not r["reused_from"]} == {"proxy-spinenet49-random-0",
+                                                                        "proxy-spinenet49"}
+
 
 def test_proxy_rank_plans_proxies_then_seed_by_seed():
     exp = create_experiment("proxy-rank", [0, 1], ["random_archs=2", "fixed_archs=spinenet49"])
@@ -342,6 +358,12 @@ def test_proxy_rank_plans_proxies_then_seed_by_seed():
     assert [r.key for r in runs] == ([f"proxy-{a}" for a in archs] + [f"proxy-{a}-s1" for a in archs]
                                      + [f"{a}-s0-lr0" for a in archs])
     assert [r.payload["seed"] for r in runs[:6]] == [0, 0, 0, 1, 1, 1]
+    # a trial's job names the reward set it is scored on, the default included (what ``reuse`` matches)
+    assert {r.payload["options"]["reward_set"] for r in runs[:6]} == {"large-block"}
+    small = create_experiment("proxy-rank", [0], ["random_archs=2", "proxy.reward_set=small-image"]).plan({})
+    assert small[0].payload["options"] == {"reward_set": "small-image"}
+    with pytest.raises(ValueError, match="reward_set='nope'"):
+        create_experiment("proxy-rank", [0], ["proxy.reward_set=nope"]).plan({})
 
 
 def test_search_vs_random_sizes_the_strategies_to_the_budget():

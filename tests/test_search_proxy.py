@@ -14,9 +14,10 @@ def _overlaps(window, block) -> bool:
     return x0 < block[2] and x1 > block[0] and y0 < block[3] and y1 > block[1]
 
 
-def test_trees_proxy_never_sees_the_final_block():
+def test_trees_proxy_small_image_reward_set_never_sees_the_final_block():
+    """``reward_set=small-image`` trains on the large image's yell-train tiles and scores the small image."""
     proxy = get_proxy("trees-cpu")
-    train, reward = _TreeSplitTask(proxy.detector, proxy.data).build_datasets(proxy.recipe)
+    train, reward = _TreeSplitTask(proxy.detector, proxy.data, reward_set="small-image").build_datasets(proxy.recipe)
     assert len(train) and len(reward)
     for record in train.records:
         assert record.meta["source"] == YELL_LARGE and not _overlaps(record.window, VAL_BLOCK)
@@ -30,10 +31,11 @@ def test_trees_proxy_never_sees_the_final_block():
 
 
 def test_trees_proxy_large_block_reward_set():
-    """``reward_set=large-block`` scores the large image's block beside yell-val and trains on every other tile of
-    yell-train; neither side touches yell-val or the other."""
+    """``reward_set=large-block`` (the default) scores the large image's block beside yell-val and trains on every
+    other tile of yell-train; neither side touches yell-val or the other."""
     proxy = get_proxy("trees-cpu")
-    train, reward = _TreeSplitTask(proxy.detector, proxy.data, reward_set="large-block").build_datasets(proxy.recipe)
+    assert proxy.reward_set == "large-block"
+    train, reward = _TreeSplitTask(proxy.detector, proxy.data).build_datasets(proxy.recipe)
     block = (0, VAL_BLOCK[1], VAL_BLOCK[0], 2472)
     assert len(reward) == 9 and all(r.meta["source"] == YELL_LARGE and _inside(r.window, block)
                                     for r in reward.records)

@@ -445,7 +445,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="where proxy trials train: cpu (default) or cuda[:N]")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("options", nargs="*", metavar="key=value",
-                   help="reward options: proxy=trees-cpu|coco, reward_set=small-image|large-block, steps=..., "
+                   help="reward options: proxy=trees-cpu|coco, reward_set=large-block|small-image, steps=..., "
                         "macs_weight=-0.07 target_macs=4e8, "
                         "device=cpu|cuda; synthetic: target_seed=..., sleep=...")
     p.set_defaults(func=cmd_search)

@@ -24,6 +24,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ..search.proxy import resolve_options
 from ..specs import Architecture, default_architecture
 from .architectures import (DAMAGES, ORDERINGS, RESNET50_BLOCKS, backbone_macs, damage, fixed_ordering,
                             matched_scale, scale_decreased_fpn, spinenet49_architecture)
@@ -273,7 +274,8 @@ class Ablations(PermutedVsDecreasedTrees):
                 runs += self.sweep(o, candidates[0], True, *args)
                 continue
             proxies = [Run(f"proxy-{o}-{i}", "proxy", {"model": o, "arch": a.name, "seed": 0},
-                           {"arch": a.to_dict(), "seed": 0, "options": dict(s.proxy)}) for i, a in enumerate(candidates)]
+                           {"arch": a.to_dict(), "seed": 0, "options": resolve_options(s.proxy)})
+                       for i, a in enumerate(candidates)]
             runs += proxies
             rewards = [(results[p.key] or {}).get("reward") if p.key in results else None for p in proxies]
             if all(p.key in results for p in proxies):
@@ -324,7 +326,7 @@ class ProxyRank(PermutedVsDecreasedTrees):
         s = self.settings
         archs = self.architectures()
         runs = [Run(self.proxy_key(arch.name, seed), "proxy", {"model": arch.name, "arch": arch.name, "seed": seed},
-                    {"arch": arch.to_dict(), "seed": seed, "options": dict(s.proxy)})
+                    {"arch": arch.to_dict(), "seed": seed, "options": resolve_options(s.proxy)})
                 for seed in s.proxy_seeds for arch in archs]
         for seed in self.seeds:
             for arch in archs:
@@ -547,7 +549,8 @@ class SearchVsRandom(PermutedVsDecreasedTrees):
             for seed in (s.search_seeds[:1] if strategy == "evolution" else s.search_seeds):
                 runs.append(Run(f"search-{strategy}-{seed}", "search", {"model": strategy, "seed": seed},
                                 {"space": s.space, "strategy": strategy, "seed": seed, "trials": s.trials,
-                                 "workers": s.workers, "options": dict(s.proxy), "strategy_options": options}))
+                                 "workers": s.workers, "options": resolve_options(s.proxy),
+                                 "strategy_options": options}))
         return runs
 
     def plan(self, results: dict[str, Any]) -> list[Run]:

@@ -285,10 +285,22 @@ def _finished_jobs(folders: Sequence[str]) -> dict[str, tuple[str, RunRecord]]:
         try:
             for rec in journal.runs().values():
                 if rec.kind in REUSABLE and rec.status == "done" and rec.result:
-                    jobs.setdefault(json.dumps(rec.spec["payload"], sort_keys=True), (f"{folder}:{rec.key}", rec))
+                    jobs.setdefault(json.dumps(_job(rec), sort_keys=True), (f"{folder}:{rec.key}", rec))
         finally:
             journal.close()
     return jobs
+
+
+def _job(rec: RunRecord) -> dict[str, Any]:
+    """A finished run's job as runs are planned now. A trees proxy trial recorded without its reward set was
+    scored on the small YELL image: the only reward set, then the default, before jobs named it."""
+    payload = rec.spec["payload"]
+    if rec.kind != "proxy":
+        return payload
+    options = dict(payload.get("options") or {})
+    if options.get("proxy", "trees-cpu") == "trees-cpu":
+        options.setdefault("reward_set", "small-image")
+    return {**payload, "options": options}
 
 
 def _same_experiment(experiment: Experiment, journal: ExperimentJournal, out: Path, flag: str) -> dict[str, Any]:

@@ -14,12 +14,13 @@ tree-crown data (``trees-cpu``, the default):
   ``trees-cpu`` step at the same crown scale), 800 steps instead of 850, a learning rate of 0.003 instead of
   0.001 (at 0.001 the small model had not started to find crowns after 400 steps), evaluation only at the end
   and no checkpoints;
-* the data (``reward_set``, :data:`REWARD_SETS`): by default (``small-image``) trained on the tiles of the large
-  YELL image's ``yell-train`` part, and the reward is AP50 on the *small* YELL image (a different site tile, also
-  in ``yell-train``) as 400 px tiles evaluated at 384 px, as ``trees-cpu`` evaluates; ``large-block`` instead
-  scores the large image's block beside ``yell-val`` (the way the full recipe is scored: a held-out block of an
-  image it trained on) and trains on the rest of ``yell-train``, the small image included. The ``yell-val``
-  block is never seen by the search and stays for the final comparison.
+* the data (``reward_set``, :data:`REWARD_SETS`): by default (``large-block``) the reward is AP50 on the large
+  YELL image's block beside ``yell-val`` as 400 px tiles evaluated at 384 px -- the way the full recipe is scored:
+  a held-out block of an image it trained on -- and the trial trains on the rest of ``yell-train``, the small YELL
+  image included. ``small-image`` instead trains on the large image's ``yell-train`` tiles only and scores the
+  small YELL image (a different site tile); it ranks architectures less like full training does
+  (docs/experiments/proxy-rank.md). The ``yell-val`` block is never seen by the search and stays for the final
+  comparison.
 
 Trial times and rewards measured on this recipe are in docs/experiments/search.md.
 
@@ -57,7 +58,7 @@ class Proxy:
     head_convs: int = 4
     data: str = "trees:yell-train"
     val_data: str | None = None
-    reward_set: str = "small-image"  # which part of trees:yell-train scores a trees proxy (REWARD_SETS)
+    reward_set: str = "large-block"  # which part of trees:yell-train scores a trees proxy (REWARD_SETS)
     metric: str = "AP50"
     description: str = ""
 
@@ -83,8 +84,8 @@ def trees_proxy_recipe() -> Recipe:
 PROXIES: dict[str, Proxy] = {
     "trees-cpu": Proxy(
         "trees-cpu", trees_proxy_recipe(), head_convs=3, metric="AP50",
-        description="CPU proxy: trees-cpu at 128 px for 800 steps on the large YELL image's tiles, SpineNet widths "
-                    "x0.25; reward AP50 on the small YELL image's 400 px tiles"),
+        description="CPU proxy: trees-cpu at 128 px for 800 steps, SpineNet widths x0.25; reward AP50 on the "
+                    "large YELL image's block beside yell-val (400 px tiles), trained on the rest of yell-train"),
     "coco": Proxy(
         "coco",
         # 5 epochs of the 110,895 images left after holding out 7,392 (batch 64: 1,733 steps per epoch)
@@ -130,7 +131,7 @@ class _TreeSplitTask(DetectionTask):
     ``tile_size``) score, the other tiles (``tile_size`` tiles overlapping by ``tile_overlap``) train. Training
     tiles are cut per region of ``yell-train``, so none crosses into the reward set."""
 
-    def __init__(self, *args: Any, reward_set: str = "small-image", **kwargs: Any) -> None:
+    def __init__(self, *args: Any, reward_set: str = "large-block", **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.reward_set = check_reward_set(reward_set)
 
@@ -178,6 +179,15 @@ def check_proxy_options(options: dict[str, Any]) -> None:
     settings = {k: v for k, v in options.items() if k not in REWARD_OPTIONS}
     check_reward_set(str(settings.get("reward_set", proxy.reward_set)))
     proxy_recipe(proxy, "arch.json", 0, settings)
+
+
+def resolve_options(options: dict[str, Any]) -> dict[str, Any]:
+    """``options`` with a trees proxy's reward set written out, as a trial's job records them: a finished trial
+    then names the data it was scored on, and a later default never passes it off as another's (``reuse``)."""
+    proxy = get_proxy(str(options.get("proxy", "trees-cpu")))
+    if proxy.name != "trees-cpu":
+        return dict(options)
+    return {**options, "reward_set": check_reward_set(str(options.get("reward_set", proxy.reward_set)))}
 
 
 def train_proxy(arch: Architecture, proxy: Proxy, out_dir: str | Path, seed: int,
