@@ -69,6 +69,18 @@ def test_resume_checks(tmp_path):
         Search(tmp_path / "t", SearchConfig("r35-sp18", "random", "accuracy"), trials=3)
 
 
+def test_a_proxy_search_journal_names_its_reward_set(tmp_path):
+    """A new search records the default reward set; one whose journal has none (written before journals named it)
+    goes on with the small image it started on, not with today's default."""
+    search = Search(tmp_path / "s", SearchConfig("spinenet49", "random", "proxy", {"steps": 2}), trials=1)
+    assert search.journal.config()["reward_options"] == {"steps": 2, "reward_set": "large-block"}
+    search.journal.set_config({**search.journal.config(), "reward_options": {"steps": 2}})
+    search.journal.close()
+    resumed = Search(tmp_path / "s", SearchConfig("spinenet49", "random", "proxy"), trials=1, resume=True)
+    assert resumed.config.reward_options == {"steps": 2, "reward_set": "small-image"}
+    resumed.journal.close()
+
+
 def test_in_process_trials_leave_the_thread_count_as_they_found_it(tmp_path):
     """Trials run with ``threads`` torch threads; in-process (inline) ones restore the caller's count afterwards,
     so a search run from Python does not leave the rest of the process on one thread."""

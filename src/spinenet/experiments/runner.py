@@ -292,15 +292,13 @@ def _finished_jobs(folders: Sequence[str]) -> dict[str, tuple[str, RunRecord]]:
 
 
 def _job(rec: RunRecord) -> dict[str, Any]:
-    """A finished run's job as runs are planned now. A trees proxy trial recorded without its reward set was
-    scored on the small YELL image: the only reward set, then the default, before jobs named it."""
+    """A finished run's job as runs are planned now (a proxy trial's options with their reward set)."""
     payload = rec.spec["payload"]
     if rec.kind != "proxy":
         return payload
-    options = dict(payload.get("options") or {})
-    if options.get("proxy", "trees-cpu") == "trees-cpu":
-        options.setdefault("reward_set", "small-image")
-    return {**payload, "options": options}
+    from ..search.proxy import resolve_options
+
+    return {**payload, "options": resolve_options(dict(payload.get("options") or {}), recorded=True)}
 
 
 def _same_experiment(experiment: Experiment, journal: ExperimentJournal, out: Path, flag: str) -> dict[str, Any]:

@@ -181,13 +181,16 @@ def check_proxy_options(options: dict[str, Any]) -> None:
     proxy_recipe(proxy, "arch.json", 0, settings)
 
 
-def resolve_options(options: dict[str, Any]) -> dict[str, Any]:
-    """``options`` with a trees proxy's reward set written out, as a trial's job records them: a finished trial
-    then names the data it was scored on, and a later default never passes it off as another's (``reuse``)."""
+def resolve_options(options: dict[str, Any], recorded: bool = False) -> dict[str, Any]:
+    """``options`` with a trees proxy's reward set written out, as a trial's job and a search's journal record
+    them: a finished trial then names the data it was scored on, and a later default never passes it off as
+    another's (``reuse``, ``--resume``). ``recorded``: options read back from a record, where a missing reward set
+    means the small image (the only reward set, then the default, before records named it)."""
     proxy = get_proxy(str(options.get("proxy", "trees-cpu")))
     if proxy.name != "trees-cpu":
         return dict(options)
-    return {**options, "reward_set": check_reward_set(str(options.get("reward_set", proxy.reward_set)))}
+    default = "small-image" if recorded else proxy.reward_set
+    return {**options, "reward_set": check_reward_set(str(options.get("reward_set", default)))}
 
 
 def train_proxy(arch: Architecture, proxy: Proxy, out_dir: str | Path, seed: int,

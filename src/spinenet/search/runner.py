@@ -17,7 +17,7 @@ import math
 import os
 import time
 import traceback
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -271,6 +271,11 @@ class Search:
         if config is None:
             raise ValueError("a new search needs a SearchConfig")
         config.check()
+        if config.reward == "proxy":  # the journal names the reward set its trials are scored on
+            from .proxy import resolve_options
+
+            options = resolve_options(config.reward_options, recorded=stored is not None)
+            config = replace(config, reward_options=options)
         if stored is None:
             self.journal.set_config(asdict(config))
         self.config = config
