@@ -271,6 +271,22 @@ def test_trees_comparison_runs_and_resumes_after_an_interruption(tmp_path, monke
     reused = {r["run"]: r for r in _rows(other)}
     assert reused["learned-s0-lr0"]["reused_from"].endswith(":spinenet49s-s0-lr0")
     assert reused["no-both-s0-lr0"]["reused_from"] == ""
+    assert reused["no-both-s0-lr0"]["cpu"]  # the processor it ran on, beside its times
+    # the folder gone, its runs.jsonl stands in for it: the same experiment elsewhere trains nothing
+    archive = tmp_path / "ablations.jsonl"
+    os.replace(other / "runs.jsonl", archive)
+    again = run_experiment(create_experiment("ablations", [0], TINY_TREES + ["orderings=", "damages=both",
+                                                                            f"reuse={archive}"]),
+                           tmp_path / "again", progress=False)
+    assert {k: r.result["reused_from"] for k, r in again.items()} == {
+        "learned-s0-lr0": f"{archive}:learned-s0-lr0", "no-both-s0-lr0": f"{archive}:no-both-s0-lr0"}
+    assert again["no-both-s0-lr0"].result["metrics"] == ablations["no-both-s0-lr0"].result["metrics"]
+    assert not (tmp_path / "again" / "runs").exists()
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"key": "x"}\n')
+    with pytest.raises(ValueError, match=r"bad.jsonl, line 1: not a run record"):
+        run_experiment(create_experiment("ablations", [0], TINY_TREES + [f"reuse={bad}"]), tmp_path / "bad",
+                       progress=False)
 
 
 def test_fashion_comparison_tiny(tmp_path, one_thread):

@@ -14,8 +14,12 @@ once the search has finished). :func:`run_experiment` executes the pending runs 
 ``DIR/experiment.sqlite`` (:mod:`.journal`) records each run as it starts and finishes. After ``kill -9`` the same
 command with ``--resume`` continues: finished runs are not run again, the interrupted one resumes. Without
 ``--resume`` a non-empty ``DIR`` is refused (as ``spinenet train`` and ``spinenet search`` do), and ``--resume``
-refuses a different experiment, seed list, settings or overrides. ``DIR/runs.csv`` and ``DIR/summary.png`` are
-rewritten (atomically) after every finished run.
+refuses a different experiment, seed list, settings or overrides. ``DIR/runs.csv``, ``DIR/runs.jsonl`` and
+``DIR/summary.png`` are rewritten (atomically) after every finished run.
+
+``DIR/runs.jsonl`` is the portable record of the runs: one JSON object per run (its job, result, cost, commit and
+CPU), small enough to keep beside the result pages. ``reuse=`` takes such a file as it takes a folder, so an
+experiment continues on another machine, or after its folder is gone, from the runs it had finished.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import platform
 import shutil
 import subprocess
 import time
@@ -35,9 +40,10 @@ from ..specs import Architecture
 from .journal import ExperimentJournal, RunRecord
 
 KINDS = ("train", "proxy", "search")
-# jobs deterministic for their payload (one device and thread count): ``reuse`` may stand them in for each other.
-# A search is not: its workers finish trials in the order the machine lets them.
-REUSABLE = ("train", "proxy")
+# Jobs ``reuse`` may take from a finished run with the same payload. Training runs and proxy trials are
+# deterministic for their payload (one device and thread count). A search is not (its workers finish trials in the
+# order the machine lets them), but a finished one is a complete draw of that search: taking it is resuming it.
+REUSABLE = ("train", "proxy", "search")
 
 
 @dataclass(frozen=True)
@@ -147,6 +153,19 @@ def git_commit() -> str:
         return ""
 
 
+def cpu_model() -> str:
+    """The processor's model name (``/proc/cpuinfo``; ``platform.processor()`` elsewhere): run times are only
+    comparable on the same CPU."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 # ---------------------------------------------------------------------------------------------- execution
 def execute(run: Run, folder: Path, device: str | None) -> dict[str, Any]:
     """Run one job in ``folder`` (continuing an interrupted train or search job); returns its result."""
@@ -240,8 +259,8 @@ def run_experiment(experiment: Experiment, out: str | Path, *, resume: bool = Fa
             donor = donors.get(json.dumps(run.payload, sort_keys=True)) if run.kind in REUSABLE else None
             if donor is not None:
                 journal.start(run.key, run.kind, run.spec())
-                journal.finish(run.key, result={**donor[1].result, "reused_from": donor[0]}, error=None,
-                               wall_time=donor[1].wall_time or 0.0, commit=donor[1].commit)
+                journal.finish(run.key, result={**(donor[1].result or {}), "reused_from": donor[0]},
+                               error=donor[1].error, wall_time=donor[1].wall_time or 0.0, commit=donor[1].commit)
                 if progress:
                     print(f"[{experiment.name}] {run.key}: the same job finished in {donor[0]}", flush=True)
                 write_outputs(experiment, journal.runs(), out)
@@ -257,6 +276,8 @@ def run_experiment(experiment: Experiment, out: str | Path, *, resume: bool = Fa
             except FloatingPointError as err:  # a diverged run (non-finite loss) is a result of its lr, not a crash
                 error = f"{type(err).__name__}: {err}"
                 traceback.print_exc()
+            if result is not None:
+                result = {**result, "cpu": cpu_model()}
             if result is not None and run.kind != "search":
                 # CPU time of this process over all its threads: the run's cost whatever else shared the machine
                 # (wall time counts that too). A search's trials run in worker processes, so it has none.
@@ -271,24 +292,58 @@ def run_experiment(experiment: Experiment, out: str | Path, *, resume: bool = Fa
         journal.close()
 
 
-def _finished_jobs(folders: Sequence[str]) -> dict[str, tuple[str, RunRecord]]:
-    """The finished training and proxy runs of other experiments (``reuse``), by their job (the run's payload:
-    task, model, data, recipe and overrides, architecture, evaluation sets; for a proxy trial the architecture,
-    seed and proxy options): a run planned here with the same job takes that result instead of training again
-    (:data:`REUSABLE`). The CSV names the run it came from (``reused_from``)."""
+def _finished_jobs(sources: Sequence[str]) -> dict[str, tuple[str, RunRecord]]:
+    """The finished runs of other experiments (``reuse``: experiment folders or their ``runs.jsonl`` files), by
+    their job (the run's payload: task, model, data, recipe and overrides, architecture, evaluation sets; for a
+    proxy trial the architecture, seed and proxy options; for a search its space, strategy, seed, trials and proxy
+    options): a run planned here with the same job takes that result instead of running again (:data:`REUSABLE`).
+    The CSV names the run it came from (``reused_from``)."""
     jobs: dict[str, tuple[str, RunRecord]] = {}
-    for folder in folders:
-        path = Path(folder) / ExperimentJournal.FILE
-        if not path.is_file():
-            raise FileNotFoundError(f"reuse={folder}: no experiment journal at {path}")
-        journal = ExperimentJournal(path)
+    for source in sources:
+        for rec in read_records(source).values():
+            # a failed run is one whose loss diverged: a result of its job too (any other error stops the experiment)
+            if rec.kind in REUSABLE and (rec.status == "done" and rec.result or rec.status == "failed"):
+                jobs.setdefault(json.dumps(_job(rec), sort_keys=True), (f"{source}:{rec.key}", rec))
+    return jobs
+
+
+def read_records(source: str | Path) -> dict[str, RunRecord]:
+    """The runs of an experiment folder (its journal) or of a ``runs.jsonl`` file."""
+    path = Path(source)
+    if path.is_dir() or path.suffix != ".jsonl":
+        journal_path = path / ExperimentJournal.FILE
+        if not journal_path.is_file():
+            raise FileNotFoundError(f"reuse={source}: no experiment journal at {journal_path}; give an experiment "
+                                    f"folder or its runs.jsonl")
+        journal = ExperimentJournal(journal_path)
         try:
-            for rec in journal.runs().values():
-                if rec.kind in REUSABLE and rec.status == "done" and rec.result:
-                    jobs.setdefault(json.dumps(_job(rec), sort_keys=True), (f"{folder}:{rec.key}", rec))
+            return journal.runs()
         finally:
             journal.close()
-    return jobs
+    if not path.is_file():
+        raise FileNotFoundError(f"reuse={source}: no such file; give an experiment folder or its runs.jsonl")
+    records = {}
+    with open(path) as fh:
+        for number, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                item = json.loads(line)
+                rec = RunRecord(**{f.name: item[f.name] for f in fields(RunRecord)})
+            except (ValueError, KeyError, TypeError) as err:
+                raise ValueError(f"reuse={source}, line {number}: not a run record ({err}); the file is written by "
+                                 f"`spinenet experiment` as DIR/runs.jsonl") from None
+            records[rec.key] = rec
+    return records
+
+
+def write_records(records: dict[str, RunRecord], path: Path) -> None:
+    """``runs.jsonl``: one JSON object per run, every field of its journal row (atomically)."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as fh:
+        for rec in records.values():
+            fh.write(json.dumps(asdict(rec), sort_keys=True) + "\n")
+    os.replace(tmp, path)
 
 
 def _job(rec: RunRecord) -> dict[str, Any]:
@@ -337,7 +392,7 @@ def report_experiment(experiment: Experiment, out: str | Path) -> dict[str, RunR
 
 # ------------------------------------------------------------------------------------------------ outputs
 CSV_COLUMNS = ("run", "kind", "status", "model", "arch", "seed", "lr", "params", "backbone_macs", "macs",
-               "wall_time_s", "cpu_time_s", "attempts", "resumed_from_step", "reused_from", "commit")
+               "wall_time_s", "cpu_time_s", "attempts", "resumed_from_step", "reused_from", "commit", "cpu")
 
 
 def csv_rows(records: dict[str, RunRecord]) -> list[dict[str, Any]]:
@@ -351,7 +406,7 @@ def csv_rows(records: dict[str, RunRecord]) -> list[dict[str, Any]]:
                                "attempts": rec.attempts, "commit": rec.commit or "",
                                "resumed_from_step": res.get("resumed_from_step", ""),
                                "reused_from": res.get("reused_from", ""),
-                               **{k: res.get(k, "") for k in ("params", "backbone_macs", "macs", "cpu_time_s")}}
+                               **{k: res.get(k, "") for k in ("params", "backbone_macs", "macs", "cpu_time_s", "cpu")}}
         row.update({k: v for k, v in labels.items()})
         row.update({k: v for k, v in (res.get("metrics") or {}).items()})
         row["error"] = rec.error or ""
@@ -374,9 +429,10 @@ def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
 
 
 def write_outputs(experiment: Experiment, records: dict[str, RunRecord], out: Path) -> None:
-    """``runs.csv``, ``summary.json`` (the experiment's analysis), ``summary.png`` and ``summary.md`` (its tables),
-    each written atomically."""
+    """``runs.csv``, ``runs.jsonl`` (:func:`write_records`), ``summary.json`` (the experiment's analysis),
+    ``summary.png`` and ``summary.md`` (its tables), each written atomically."""
     write_csv(csv_rows(records), out / "runs.csv")
+    write_records(records, out / "runs.jsonl")
     analysis = experiment.analyse(records, out)
     tmp = out / "summary.json.tmp"
     tmp.write_text(json.dumps(analysis, indent=2, sort_keys=True, default=float) + "\n")
