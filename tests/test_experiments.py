@@ -425,3 +425,9 @@ def test_search_vs_random_tiny(tmp_path, one_thread):
         assert len(journal.trials("done")) == 3
     finally:
         journal.close()
+    # its runs.jsonl stands in for every job, the searches included: the same experiment elsewhere runs nothing
+    again = run_experiment(create_experiment("search-vs-random", [0], TINY_TREES + TINY_PROXY + [
+        "strategies=random,evolution", "trials=3", "search_seeds=0", "evolution_population=2",
+        "evolution_sample=2", f"reuse={tmp_path / 'runs.jsonl'}"]), tmp_path / "again", progress=False)
+    assert all(r.result["reused_from"].endswith(f":{k}") for k, r in again.items()) and len(again) == 7
+    assert json.loads((tmp_path / "again" / "summary.json").read_text())["best_so_far"]["search-random-0"] == curve
