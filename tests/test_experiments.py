@@ -282,6 +282,12 @@ def test_trees_comparison_runs_and_resumes_after_an_interruption(tmp_path, monke
         "learned-s0-lr0": f"{archive}:learned-s0-lr0", "no-both-s0-lr0": f"{archive}:no-both-s0-lr0"}
     assert again["no-both-s0-lr0"].result["metrics"] == ablations["no-both-s0-lr0"].result["metrics"]
     assert not (tmp_path / "again" / "runs").exists()
+    # --report on a new folder: the tables of the kept runs alone, nothing trained (no-short was never run)
+    report = tmp_path / "report"
+    kept = report_experiment(create_experiment("ablations", [0], TINY_TREES + ["orderings=", "damages=short,both",
+                                                                              f"reuse={archive}"]), report)
+    assert set(kept) == {"learned-s0-lr0", "no-both-s0-lr0"} and not (report / "runs").exists()
+    assert "| no-both |" in (report / "summary.md").read_text()
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"key": "x"}\n')
     with pytest.raises(ValueError, match=r"bad.jsonl, line 1: not a run record"):

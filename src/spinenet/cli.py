@@ -469,7 +469,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="experiment folder (refused if it exists, unless --resume)")
     p.add_argument("--resume", action="store_true", help="continue the experiment in --out after an interruption")
     p.add_argument("--report", action="store_true",
-                   help="only rewrite runs.csv and the summaries in --out from its journal (safe while it runs)")
+                   help="only rewrite runs.csv and the summaries in --out from its journal (safe while it runs); "
+                        "for a new --out, from the runs that reuse= holds, running nothing")
     p.add_argument("--device", choices=("cpu", "cuda"), default=None)
     p.add_argument("--quiet", action="store_true")
     p.add_argument("overrides", nargs="*", metavar="key=value",

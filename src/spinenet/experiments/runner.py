@@ -232,7 +232,8 @@ def run_experiment(experiment: Experiment, out: str | Path, *, resume: bool = Fa
                    stop_after: int | None = None, progress: bool = True) -> dict[str, RunRecord]:
     """Execute every run of ``experiment`` into ``out`` (module docstring); returns the journal's records.
 
-    ``stop_after`` returns after that many runs were executed in this call (time budgets, tests)."""
+    ``stop_after`` returns before executing more than that many runs in this call (time budgets, tests); runs
+    taken from ``reuse`` do not count."""
     out = Path(out)
     path = out / ExperimentJournal.FILE
     if resume and not path.is_file():
@@ -251,12 +252,16 @@ def run_experiment(experiment: Experiment, out: str | Path, *, resume: bool = Fa
             records = journal.runs()
             finished = {k: r.result for k, r in records.items() if r.status in ("done", "failed")}
             pending = [r for r in experiment.plan(finished) if r.key not in finished]
-            if not pending or (stop_after is not None and executed >= stop_after):
+            if not pending:
                 break
+            if stop_after is not None and executed >= stop_after:  # from here on, only what reuse holds
+                pending = [r for r in pending if _donor(donors, r) is not None]
+                if not pending:
+                    break
             run = pending[0]
             if run.kind not in KINDS:
                 raise ValueError(f"run {run.key}: unknown kind {run.kind!r}")
-            donor = donors.get(json.dumps(run.payload, sort_keys=True)) if run.kind in REUSABLE else None
+            donor = _donor(donors, run)
             if donor is not None:
                 journal.start(run.key, run.kind, run.spec())
                 journal.finish(run.key, result={**(donor[1].result or {}), "reused_from": donor[0]},
@@ -305,6 +310,10 @@ def _finished_jobs(sources: Sequence[str]) -> dict[str, tuple[str, RunRecord]]:
             if rec.kind in REUSABLE and (rec.status == "done" and rec.result or rec.status == "failed"):
                 jobs.setdefault(json.dumps(_job(rec), sort_keys=True), (f"{source}:{rec.key}", rec))
     return jobs
+
+
+def _donor(donors: dict[str, tuple[str, RunRecord]], run: Run) -> tuple[str, RunRecord] | None:
+    return donors.get(json.dumps(run.payload, sort_keys=True)) if run.kind in REUSABLE else None
 
 
 def read_records(source: str | Path) -> dict[str, RunRecord]:
@@ -375,11 +384,16 @@ def _same_experiment(experiment: Experiment, journal: ExperimentJournal, out: Pa
 
 def report_experiment(experiment: Experiment, out: str | Path) -> dict[str, RunRecord]:
     """Rewrite ``runs.csv`` and the summaries of the experiment in ``out`` from its journal, running nothing: the
-    tables of an experiment still running elsewhere, or of one written by an older version."""
+    tables of an experiment still running elsewhere, or of one written by an older version. Without a journal in
+    a new or empty ``out``, the experiment's ``reuse`` sources make one: every planned run they hold is taken, none
+    is run (the tables of kept ``runs.jsonl`` files)."""
     out = Path(out)
     path = out / ExperimentJournal.FILE
+    if not path.is_file() and experiment.settings.reuse and not (out.exists() and any(out.iterdir())):
+        return run_experiment(experiment, out, stop_after=0, progress=False)
     if not path.is_file():
-        raise FileNotFoundError(f"--report: no experiment journal at {path}; give the --out of an experiment")
+        raise FileNotFoundError(f"--report: no experiment journal at {path}; give the --out of an experiment, or "
+                                f"reuse= the folders or runs.jsonl files whose runs it should report")
     journal = ExperimentJournal(path)
     _same_experiment(experiment, journal, out, "--report")
     try:
