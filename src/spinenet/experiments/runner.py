@@ -41,8 +41,9 @@ from .journal import ExperimentJournal, RunRecord
 
 KINDS = ("train", "proxy", "search")
 # Jobs ``reuse`` may take from a finished run with the same payload. Training runs and proxy trials are
-# deterministic for their payload (one device and thread count). A search is not (its workers finish trials in the
-# order the machine lets them), but a finished one is a complete draw of that search: taking it is resuming it.
+# deterministic for their payload on one processor, device and thread count (another CPU's kernels round
+# differently: the record names its CPU). A search is not (its workers finish trials in the order the machine lets
+# them), but a finished one is a complete draw of that search: taking it is resuming it.
 REUSABLE = ("train", "proxy", "search")
 
 
